@@ -1,0 +1,35 @@
+# Crystal Forge. `make run` to try it, `make test` before you push.
+GO        ?= go
+export GOTOOLCHAIN := local
+BIN       := bin/crystal-forge
+DATA      ?= $(CURDIR)/var
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build run test vet bench deps clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/crystal-forge
+
+# The all-in-one server on local defaults: key in ./var, cache on :5000.
+run: build
+	mkdir -p $(DATA)
+	$(BIN) server --key-file $(DATA)/cache-key --hostname "$$(hostname)" --cache-port 5000
+
+deps:
+	./scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt"; exit 1; fi
+
+test: deps vet
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+bench: build
+	./scripts/install-deps.sh bench
+	./bench/cache.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/keygen"
+	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/signing"
+)
+
+// cacheFlags are the binary cache's settings, shared by `cache` and `server`.
+type cacheFlags struct {
+	keyFiles    stringList
+	priority    int
+	compression string
+	store       nixstore.Config
+}
+
+func (c *cacheFlags) register(fs *flag.FlagSet) {
+	fs.Var(&c.keyFiles, "key-file", "secret signing key file; repeat to sign with several keys (default "+keygen.DefaultKeyFile+")")
+	fs.IntVar(&c.priority, "priority", 40, "Priority advertised in nix-cache-info (lower is preferred)")
+	fs.StringVar(&c.compression, "compression", cache.CompressionZstd, "on-the-fly NAR compression when the client accepts it: zstd or none")
+	fs.StringVar(&c.store.StoreDir, "store-dir", "/nix/store", "Nix store directory")
+	fs.StringVar(&c.store.RealStoreDir, "real-store-dir", "", "where the store's files are on disk, for a chroot store (default: --store-dir)")
+	fs.StringVar(&c.store.DBPath, "nix-db", "/nix/var/nix/db/db.sqlite", "Nix's store database, opened read-only")
+	fs.StringVar(&c.store.LogDir, "nix-log-dir", "/nix/var/log/nix", "Nix's build log directory")
+}
+
+// open loads the keys and the store; the keys first, so a missing key is
+// reported even on a machine without a store.
+func (c *cacheFlags) open(ctx context.Context, log *slog.Logger) (*cache.Server, func(), error) {
+	if len(c.keyFiles) == 0 {
+		c.keyFiles = stringList{keygen.DefaultKeyFile}
+	}
+	var keys []*signing.SecretKey
+	for _, f := range c.keyFiles {
+		k, err := signing.LoadSecretKeyFile(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		keys = append(keys, k)
+	}
+	store, err := nixstore.Open(ctx, c.store)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := cache.New(cache.Config{Store: store, Keys: keys, Priority: c.priority, Compression: c.compression, Logger: log})
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return srv, func() { store.Close() }, nil
+}
+
+func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Logger) error {
+	fs := flag.NewFlagSet("cache", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "[::]:5000", "address to serve the cache on")
+	var cf cacheFlags
+	cf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	srv, closeStore, err := cf.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return serve(ctx, log, "cache", *listen, srv)
+}
+
+// serve runs h on addr until ctx ends, then drains for up to 10 seconds.
+func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	log.Info("listening", "service", name, "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("%s: %w", name, err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: shutdown: %w", name, err)
+	}
+	log.Info("stopped", "service", name)
+	return nil
+}

@@ -1,0 +1,167 @@
+// Package cache serves a local Nix store as a signed HTTP binary cache,
+// compatible with Harmonia's URLs and Nix's binary-cache protocol.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/signing"
+)
+
+// Compression choices for on-the-fly NAR compression.
+const (
+	CompressionZstd = "zstd" // when the client's Accept-Encoding allows it
+	CompressionNone = "none"
+)
+
+// Config configures a Server.
+type Config struct {
+	Store    *nixstore.Store
+	Keys     []*signing.SecretKey // every narinfo is signed by each key
+	Priority int
+	// Compression is CompressionZstd (default) or CompressionNone.
+	Compression string
+	// NarinfoCacheSize bounds the number of rendered narinfos kept in memory.
+	NarinfoCacheSize int
+	Logger           *slog.Logger
+	// Registry receives the cache's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+}
+
+// Server is the binary cache's HTTP handler.
+type Server struct {
+	store       *nixstore.Store
+	keys        []*signing.SecretKey
+	cacheInfo   []byte
+	compression string
+	log         *slog.Logger
+	narinfos    *narinfoCache
+	metrics     *metrics
+	registry    *prometheus.Registry
+	mux         *http.ServeMux
+	zstdPool    sync.Pool
+}
+
+// New builds a Server. It fails when there is no signing key: an unsigned
+// cache is useless to clients that check signatures, i.e. all of them.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("cache: no store")
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("cache: no signing key")
+	}
+	switch cfg.Compression {
+	case "":
+		cfg.Compression = CompressionZstd
+	case CompressionZstd, CompressionNone:
+	default:
+		return nil, fmt.Errorf("cache: unknown compression %q (want zstd or none)", cfg.Compression)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.NarinfoCacheSize <= 0 {
+		cfg.NarinfoCacheSize = 100_000
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{
+		store:       cfg.Store,
+		keys:        cfg.Keys,
+		compression: cfg.Compression,
+		log:         cfg.Logger,
+		narinfos:    newNarinfoCache(cfg.NarinfoCacheSize),
+		metrics:     newMetrics(cfg.Registry),
+		registry:    cfg.Registry,
+	}
+	pubs := make([]string, len(cfg.Keys))
+	for i, k := range cfg.Keys {
+		pubs[i] = k.Public().String()
+	}
+	s.cacheInfo = []byte(fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\nPublicKeys: %s\n",
+		cfg.Store.StoreDir(), cfg.Priority, strings.Join(pubs, " ")))
+
+	s.mux = http.NewServeMux()
+	// GET patterns also match HEAD; the handlers skip the body for HEAD.
+	s.mux.Handle("GET /nix-cache-info", s.instrument("nix-cache-info", s.serveCacheInfo))
+	s.mux.Handle("GET /nar/{file}", s.instrument("nar", s.serveNar))
+	s.mux.Handle("GET /log/{drv}", s.instrument("log", s.serveLog))
+	s.mux.Handle("GET /health", s.instrument("health", s.serveHealth))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	// net/http patterns cannot match "/{hash}.narinfo": route every top-level
+	// file and dispatch on the suffix.
+	s.mux.Handle("GET /{file}", s.instrument("file", s.serveTopLevel))
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// PublicKeys returns the public keys of the signing keys, "name:base64" each.
+func (s *Server) PublicKeys() []string {
+	out := make([]string, len(s.keys))
+	for i, k := range s.keys {
+		out[i] = k.Public().String()
+	}
+	return out
+}
+
+func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/x-nix-cache-info")
+	w.Header().Set("Content-Length", strconv.Itoa(len(s.cacheInfo)))
+	if r.Method != http.MethodHead {
+		w.Write(s.cacheInfo)
+	}
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	ctx, cancel := context.WithTimeout(r.Context(), 5e9)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Error("health: store database unavailable", "err", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, `{"status":"unhealthy","error":%q}`+"\n", err.Error())
+		return
+	}
+	fmt.Fprint(w, `{"status":"healthy"}`+"\n")
+}
+
+func (s *Server) serveTopLevel(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	switch {
+	case strings.HasSuffix(file, ".narinfo"):
+		s.serveNarinfo(w, r, strings.TrimSuffix(file, ".narinfo"))
+	case strings.HasSuffix(file, ".ls"):
+		s.serveListing(w, r, strings.TrimSuffix(file, ".ls"))
+	default:
+		notFound(w)
+	}
+}
+
+// notFound answers 404 and tells caches not to keep it: the path may be
+// built a minute from now.
+func notFound(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	http.Error(w, "not found", http.StatusNotFound)
+}
+
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	s.log.Error("cache request failed", "path", r.URL.Path, "err", err)
+	w.Header().Set("Cache-Control", "no-store")
+	http.Error(w, "internal error", http.StatusInternalServerError)
+}
