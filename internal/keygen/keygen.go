@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
@@ -53,7 +54,8 @@ func Ensure(opts Options) (*Result, error) {
 		log.Info("Using existing cache key", "file", opts.KeyFile, "public_key", k.Public().String())
 		return &Result{Key: k}, nil
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	// ENOTDIR: a parent is a file; MkdirAll below reports that clearly.
+	if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 		return nil, fmt.Errorf("check key file %s: %w", opts.KeyFile, err)
 	}
 
