@@ -12,10 +12,11 @@ all: build
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/crystal-forge
 
-# The all-in-one server on local defaults: key in ./var, cache on :5000.
-run: build
+# The all-in-one server with a demo flake, everything under ./var:
+# web page and API on :8000, cache on :5000.
+run: build deps
 	mkdir -p $(DATA)
-	$(BIN) server --key-file $(DATA)/cache-key --hostname "$$(hostname)" --cache-port 5000
+	$(BIN) server --demo --data-dir $(DATA) --key-file $(DATA)/cache-key
 
 deps:
 	./scripts/install-deps.sh

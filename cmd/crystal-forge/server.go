@@ -8,58 +8,150 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
+	"github.com/crystal-forge/crystal-forge/internal/api"
+	"github.com/crystal-forge/crystal-forge/internal/build"
+	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/demo"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
+	"github.com/crystal-forge/crystal-forge/internal/nixcli"
+	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
-// runServer is the all-in-one server. For now it is the key manager
-// followed by the binary cache; the build server joins it later.
+// runServer is the all-in-one server: key init, binary cache, build
+// orchestrator, API and web page, in one process.
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	hostname := fs.String("hostname", envOr("BUILD_SERVER_HOSTNAME", "build-server"), "server hostname; also the signing key's name (env BUILD_SERVER_HOSTNAME)")
-	cachePort := fs.Int("cache-port", envInt("BUILD_SERVER_CACHE_PORT", 5000), "binary cache port (env BUILD_SERVER_CACHE_PORT)")
-	bind := fs.String("bind", "::", "address to bind the ports to")
-	owner := fs.String("key-owner", "", "user:group to own a newly created key")
-	var cf cacheFlags
-	cf.register(fs)
+	configFile := fs.String("config", "", "TOML configuration file (see docs/configuration.md)")
+	dataDir := fs.String("data-dir", "", "override data_dir (and BUILD_SERVER_DATA_DIR)")
+	keyFile := fs.String("key-file", "", "override key_file")
+	withDemo := fs.Bool("demo", false, "create and register a small local demo flake repository")
+	var store nixstore.Config
+	fs.StringVar(&store.StoreDir, "store-dir", "/nix/store", "Nix store directory the cache serves")
+	fs.StringVar(&store.DBPath, "nix-db", "/nix/var/nix/db/db.sqlite", "Nix's store database, opened read-only")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if len(cf.keyFiles) == 0 {
-		cf.keyFiles = stringList{keygen.DefaultKeyFile}
-	}
-	// The first key is the one the server creates when it is missing.
-	res, err := keygen.Ensure(keygen.Options{KeyFile: cf.keyFiles[0], Name: *hostname, Owner: *owner, Logger: log})
+	cfg, err := config.Load(*configFile, os.Getenv)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, res.Key.Public().String())
-	srv, closeStore, err := cf.open(ctx, log)
+	if *dataDir != "" {
+		cfg.DataDir, _ = filepath.Abs(*dataDir)
+	}
+	if *keyFile != "" {
+		cfg.KeyFile = *keyFile
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
+	}
+
+	// Agent 1 first: the key exists before anything serves.
+	key, err := keygen.Ensure(keygen.Options{KeyFile: cfg.KeyFile, Name: cfg.Hostname, Owner: cfg.KeyOwner, Logger: log})
 	if err != nil {
 		return err
 	}
-	defer closeStore()
-	return serve(ctx, log, "cache", net.JoinHostPort(*bind, strconv.Itoa(*cachePort)), srv)
-}
+	fmt.Fprintln(stdout, key.Key.Public().String())
 
-func envOr(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok && v != "" {
-		return v
+	dsn := cfg.Database
+	if dsn == "" {
+		dsn = filepath.Join(cfg.DataDir, "crystal-forge.db")
 	}
-	return def
-}
+	database, err := db.Open(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer database.Close()
 
-func envInt(key string, def int) int {
-	v := os.Getenv(key)
-	if v == "" {
-		return def
+	var nixEnv []string
+	if cfg.NixPath != "" {
+		nixEnv = append(nixEnv, "NIX_PATH="+cfg.NixPath)
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 || n > 65535 {
-		fmt.Fprintf(os.Stderr, "crystal-forge: %s=%q is not a port number; using %d\n", key, v, def)
-		return def
+	nix, err := nixcli.Detect(ctx, nixEnv)
+	if err != nil {
+		return err
 	}
-	return n
+	log.Info("nix found", "version", nix.Version)
+
+	if *withDemo {
+		r, err := demo.Ensure(ctx, cfg.DataDir, cfg.System)
+		if err != nil {
+			return err
+		}
+		if _, exists := cfg.Repository(r.Name); !exists {
+			cfg.Repositories = append(cfg.Repositories, r)
+		}
+	}
+
+	orch, err := build.New(build.Config{
+		DataDir:          cfg.DataDir,
+		Repositories:     cfg.Repositories,
+		MaxParallel:      cfg.MaxParallelBuilds,
+		Timeout:          cfg.BuildTimeout.Duration,
+		PollInterval:     cfg.PollInterval.Duration,
+		System:           cfg.System,
+		HomeManagerFlake: cfg.HomeManagerFlake,
+		Nix:              nix,
+		DB:               database,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	buildCtx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBuilds()
+	if err := orch.Start(buildCtx); err != nil {
+		return err
+	}
+
+	st, err := nixstore.Open(ctx, store)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cacheSrv, err := cache.New(cache.Config{Store: st, Keys: []*signing.SecretKey{key.Key}, Priority: 40, Logger: log})
+	if err != nil {
+		return err
+	}
+	var cacheUp atomic.Bool
+	apiSrv := api.New(api.Config{
+		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()},
+		Orchestrator:  orch,
+		EnableWebUI:   cfg.EnableWebUI,
+		CacheRunning:  cacheUp.Load,
+		WebhookSecret: cfg.WebhookSecret,
+		Logger:        log,
+	})
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	srvCtx, stopServers := context.WithCancel(ctx)
+	defer stopServers()
+	wg.Go(func() {
+		cacheUp.Store(true)
+		defer cacheUp.Store(false)
+		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheSrv)
+	})
+	wg.Go(func() {
+		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), apiSrv)
+	})
+	// The first server to stop (an error, or the shutdown signal) stops all.
+	err = <-errc
+	stopServers()
+	wg.Wait()
+	if e := <-errc; err == nil {
+		err = e
+	}
+	// Running builds are interrupted and record it before we exit.
+	stopBuilds()
+	orch.Wait()
+	return err
 }

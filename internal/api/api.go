@@ -1,0 +1,135 @@
+// Package api is the build server's HTTP API: the seed spec's endpoints
+// (Agent 2) with their exact JSON, a versioned /api/v1, live events and
+// logs over Server-Sent Events, push webhooks, and the web page.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/crystal-forge/crystal-forge/internal/build"
+	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+)
+
+// Info is what /info reports about the server.
+type Info struct {
+	Hostname  string
+	APIPort   int
+	CachePort int
+	PublicKey string
+}
+
+// Config configures the API.
+type Config struct {
+	Info         Info
+	Orchestrator *build.Orchestrator
+	EnableWebUI  bool
+	// CacheRunning reports whether the binary cache is serving.
+	CacheRunning func() bool
+	// WebhookSecret is the default secret for push webhooks.
+	WebhookSecret string
+	Logger        *slog.Logger
+}
+
+// Server is the API's http.Handler.
+type Server struct {
+	cfg  Config
+	orch *build.Orchestrator
+	db   *db.DB
+	log  *slog.Logger
+	mux  *http.ServeMux
+}
+
+// New builds the API handler.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.CacheRunning == nil {
+		cfg.CacheRunning = func() bool { return false }
+	}
+	s := &Server{cfg: cfg, orch: cfg.Orchestrator, db: cfg.Orchestrator.DB(), log: cfg.Logger, mux: http.NewServeMux()}
+	m := s.mux
+	// The spec's endpoints.
+	m.HandleFunc("GET /{$}", s.index)
+	m.HandleFunc("GET /info", s.info)
+	m.HandleFunc("POST /build/trigger/{repository}", s.specTrigger)
+	m.HandleFunc("GET /build/status/{repository}", s.specStatus)
+	m.HandleFunc("GET /build/logs/{repository}", s.specLogs)
+	m.HandleFunc("GET /health", s.health)
+	// The versioned API (docs/api.md).
+	m.HandleFunc("GET /api/v1/repositories", s.listRepositories)
+	m.HandleFunc("GET /api/v1/repositories/{repository}", s.getRepository)
+	m.HandleFunc("GET /api/v1/repositories/{repository}/builds", s.listBuilds)
+	m.HandleFunc("POST /api/v1/repositories/{repository}/builds", s.triggerBuild)
+	m.HandleFunc("GET /api/v1/builds/{id}", s.getBuild)
+	m.HandleFunc("GET /api/v1/builds/{id}/log", s.buildLog)
+	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
+	m.HandleFunc("GET /api/v1/events", s.events)
+	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
+	m.Handle("GET /static/", staticHandler())
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+// writeError answers in FastAPI's shape, {"detail": "..."}, which is what
+// clients of the spec's Python server parse.
+func writeError(w http.ResponseWriter, code int, detail string) {
+	writeJSON(w, code, map[string]string{"detail": detail})
+}
+
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return
+	}
+	s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, err.Error())
+}
+
+// repository validates the {repository} path value: 400 when malformed,
+// 404 when not configured. It returns "" after answering.
+func (s *Server) repository(w http.ResponseWriter, r *http.Request) string {
+	name := r.PathValue("repository")
+	if !config.ValidName(name) {
+		writeError(w, http.StatusBadRequest, "Invalid repository name")
+		return ""
+	}
+	if _, ok := s.orch.Repository(name); !ok {
+		writeError(w, http.StatusNotFound, "Repository not found")
+		return ""
+	}
+	return name
+}
+
+// intParam parses an optional integer query parameter within [lo, hi].
+func intParam(r *http.Request, key string, def, lo, hi int) (int, bool) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < lo || n > hi {
+		return 0, false
+	}
+	return n, true
+}

@@ -1,0 +1,170 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/db"
+)
+
+// liveLog is an active build's log file. Followers wait on changed(), a
+// channel closed and replaced at every write, and on done.
+type liveLog struct {
+	mu   sync.Mutex
+	f    *os.File
+	ch   chan struct{}
+	done chan struct{}
+}
+
+func openLiveLog(path string) (*liveLog, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open build log: %w", err)
+	}
+	return &liveLog{f: f, ch: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+// Write appends to the log; git and nix write their output here directly.
+func (l *liveLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.f.Write(p)
+	close(l.ch)
+	l.ch = make(chan struct{})
+	return n, err
+}
+
+// Line writes one log line, the way the spec's script echoes its progress.
+func (l *liveLog) Line(format string, args ...any) {
+	fmt.Fprintf(l, format+"\n", args...)
+}
+
+func (l *liveLog) changed() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ch
+}
+
+func (l *liveLog) close() {
+	l.mu.Lock()
+	l.f.Close()
+	close(l.ch)
+	l.ch = make(chan struct{})
+	l.mu.Unlock()
+	close(l.done)
+}
+
+// linkLatest points ${DATA_DIR}/logs/<repo>.log, the spec's log file, at
+// the newest build's log, replacing the link atomically.
+func linkLatest(link, target string) {
+	tmp := fmt.Sprintf("%s.%d.tmp", link, time.Now().UnixNano())
+	if err := os.Symlink(target, tmp); err == nil {
+		if err := os.Rename(tmp, link); err != nil {
+			os.Remove(tmp)
+		}
+	}
+}
+
+// TailLines returns the last n lines of the newest log of repo, reading
+// backwards from the end so a large log is not read whole.
+func (o *Orchestrator) TailLines(repo string, n int) ([]string, error) {
+	return tailFile(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), n)
+}
+
+func tailFile(path string, n int) ([]string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	const chunk = 64 << 10
+	end := st.Size()
+	var buf []byte
+	for end > 0 && bytes.Count(buf, []byte{'\n'}) <= n {
+		start := max(0, end-chunk)
+		part := make([]byte, end-start)
+		if _, err := f.ReadAt(part, start); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("read log: %w", err)
+		}
+		buf = append(part, buf...)
+		end = start
+	}
+	buf = bytes.TrimSuffix(buf, []byte{'\n'})
+	if len(buf) == 0 {
+		return []string{}, nil
+	}
+	lines := bytes.Split(buf, []byte{'\n'})
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = string(l)
+	}
+	return out, nil
+}
+
+// Follow sends a build's log to fn in chunks as it grows, starting at
+// offset, and returns when the build has finished and its log is sent, or
+// when ctx ends.
+func (o *Orchestrator) Follow(ctx context.Context, b *db.Build, offset int64, fn func([]byte) error) error {
+	f, err := os.Open(b.LogPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open log of build %d: %w", b.ID, err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		live := o.live(b.ID)
+		var changed, done <-chan struct{}
+		if live != nil {
+			// Take the channel before reading, so a write between the read
+			// and the wait is not missed.
+			changed, done = live.changed(), live.done
+		}
+		for {
+			n, err := f.Read(buf)
+			if n > 0 {
+				if err := fn(buf[:n]); err != nil {
+					return err
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if live == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-done:
+		}
+	}
+}

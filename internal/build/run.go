@@ -1,0 +1,343 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/git"
+)
+
+// execute runs one build from queue to recorded end. Whatever happens —
+// failure, timeout, cancel, shutdown, panic — the status is written before
+// it returns.
+func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Repository) {
+	b := rn.build
+	lg := rn.log
+	// Final writes must land even when ctx is what ended the build.
+	bg := context.WithoutCancel(ctx)
+	status, errMsg := db.StatusFailed, ""
+	defer func() {
+		if p := recover(); p != nil {
+			o.log.Error("build panicked", "repository", b.Repository, "build", b.ID, "panic", p)
+			status, errMsg = db.StatusFailed, fmt.Sprintf("internal error: %v", p)
+			lg.Line("Error: internal error: %v", p)
+		}
+		now := time.Now()
+		if err := o.db.FinishBuild(bg, b.ID, status, errMsg, now); err != nil {
+			o.log.Error("record build end", "build", b.ID, "err", err)
+		}
+		b.Status, b.Error, b.FinishedAt = status, errMsg, &now
+		o.mu.Lock()
+		delete(o.running, b.ID)
+		o.mu.Unlock()
+		lg.close()
+		o.writeStatusFile(bg, b.Repository)
+		o.publish(b)
+		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
+	}()
+
+	// Wait for a slot; a cancel or shutdown while queued ends the build here.
+	select {
+	case o.slots <- struct{}{}:
+		defer func() { <-o.slots }()
+	case <-ctx.Done():
+		status, errMsg = o.ended(ctx, lg)
+		return
+	}
+
+	if o.cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, o.cfg.Timeout, fmt.Errorf("timed out after %s", o.cfg.Timeout))
+		defer cancel()
+	}
+	start := time.Now()
+	if err := o.db.StartBuild(bg, b.ID, start); err != nil {
+		errMsg = err.Error()
+		return
+	}
+	b.Status, b.StartedAt = db.StatusRunning, &start
+	o.writeStatusFile(bg, b.Repository)
+	o.publish(b)
+
+	err := o.phases(ctx, rn, repo)
+	switch {
+	case ctx.Err() != nil:
+		status, errMsg = o.ended(ctx, lg)
+	case err != nil:
+		status, errMsg = db.StatusFailed, err.Error()
+	default:
+		status = db.StatusSuccess
+	}
+}
+
+// ended logs why a build's context ended and returns its final status.
+func (o *Orchestrator) ended(ctx context.Context, lg *liveLog) (string, string) {
+	cause := context.Cause(ctx)
+	switch {
+	case errors.Is(cause, errCancelled):
+		lg.Line("Build cancelled")
+		return db.StatusCancelled, "cancelled"
+	case o.ctx.Err() != nil:
+		lg.Line("Build interrupted: the server is shutting down")
+		return db.StatusFailed, "interrupted"
+	default:
+		lg.Line("Build failed: %v", cause)
+		return db.StatusFailed, cause.Error()
+	}
+}
+
+// phases is the spec's build script, phase by phase, with its log lines.
+func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Repository) error {
+	b, lg := rn.build, rn.log
+	repoDir := filepath.Join(o.cfg.DataDir, "builds", repo.Name)
+
+	// Phase 1: initialisation.
+	lg.Line("Starting build for %s", repo.Name)
+
+	// Phase 2: repository sync.
+	if _, err := os.Stat(repoDir); err == nil && !git.IsRepo(ctx, repoDir) {
+		// A clone killed half-way leaves a directory git cannot fetch into.
+		lg.Line("Removing incomplete clone in %s", repoDir)
+		if err := os.RemoveAll(repoDir); err != nil {
+			lg.Line("Error: %v", err)
+			return fmt.Errorf("remove incomplete clone: %w", err)
+		}
+	}
+	if _, err := os.Stat(repoDir); errors.Is(err, os.ErrNotExist) {
+		lg.Line("Cloning repository...")
+		if err := git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
+			lg.Line("Error: failed to clone %s (branch %s): %v", repo.URL, repo.Branch, err)
+			os.RemoveAll(repoDir)
+			return fmt.Errorf("clone %s: %w", repo.URL, err)
+		}
+	} else {
+		lg.Line("Updating repository...")
+		if err := git.Update(ctx, repoDir, repo.Branch, lg); err != nil {
+			lg.Line("Error: failed to update from %s (branch %s): %v", repo.URL, repo.Branch, err)
+			return fmt.Errorf("update %s: %w", repo.URL, err)
+		}
+	}
+	full, short, err := git.Head(ctx, repoDir)
+	if err != nil {
+		lg.Line("Error: %v", err)
+		return err
+	}
+	if err := o.db.SetCommit(context.WithoutCancel(ctx), b.ID, full, short); err != nil {
+		return err
+	}
+	b.Commit, b.ShortCommit = full, short
+	o.publish(b)
+	lg.Line("Building commit %s", short)
+
+	gcroots := filepath.Join(o.cfg.DataDir, "gcroots", repo.Name)
+	if err := os.MkdirAll(gcroots, 0o755); err != nil {
+		return fmt.Errorf("create GC root directory: %w", err)
+	}
+
+	// Phase 3: flake detection and update.
+	if _, err := os.Stat(filepath.Join(repoDir, "flake.nix")); err != nil {
+		lg.Line("No flake.nix found, will attempt default.nix")
+		// Phase 4, strategy B: legacy build.
+		if err := o.legacyBuild(ctx, rn, repoDir, gcroots); err != nil {
+			return err
+		}
+	} else {
+		lg.Line("Updating flake inputs...")
+		if err := o.nix.Run(ctx, repoDir, lg, "flake", "update"); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			lg.Line("Warning: flake update failed (%v); continuing with the locked inputs", err)
+		}
+		lg.Line("Checking flake...")
+		if err := o.nix.Run(ctx, repoDir, lg, "flake", "check", "--print-build-logs"); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			lg.Line("Warning: flake check failed (%v); continuing", err)
+		}
+		// Phase 4, strategy A: flake build.
+		if err := o.flakeBuild(ctx, rn, repo, repoDir, gcroots); err != nil {
+			return err
+		}
+	}
+
+	// Phase 5: completion.
+	lg.Line("Build complete. All dependencies cached.")
+	lg.Line("Build finished successfully for commit %s", short)
+	return nil
+}
+
+// attrRE is what we pass as an attribute name in an installable; anything
+// else in a flake's output names is skipped, never quoted into a command.
+var attrRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_'+-]*$`)
+
+func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repository, repoDir, gcroots string) error {
+	lg := rn.log
+	show, err := o.nix.ShowFlake(ctx, repoDir, lg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		lg.Line("Error: cannot evaluate the flake's outputs: %v", err)
+		return fmt.Errorf("nix flake show: %w", err)
+	}
+	pkgs := make([]string, 0, len(show.Packages[o.cfg.System]))
+	for name := range show.Packages[o.cfg.System] {
+		pkgs = append(pkgs, name)
+	}
+	sort.Strings(pkgs)
+	if len(pkgs) == 0 {
+		lg.Line("No packages for %s in this flake", o.cfg.System)
+	}
+	for _, pkg := range pkgs {
+		if !attrRE.MatchString(pkg) {
+			lg.Line("Skipping package %q: unsupported attribute name", pkg)
+			o.skipResult(ctx, rn, pkg, "package")
+			continue
+		}
+		lg.Line("Building package %s...", pkg)
+		err := o.buildAttr(ctx, rn, pkg, "package", repoDir, filepath.Join(gcroots, pkg), ".#"+pkg)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lg.Line("Failed to build package %s", pkg)
+		} else {
+			lg.Line("Successfully built package %s", pkg)
+		}
+	}
+
+	if len(show.HomeManagerModules) > 0 && string(show.HomeManagerModules) != "null" {
+		lg.Line("Found homeManagerModules, building test home configuration...")
+		homeFile := filepath.Join(o.cfg.DataDir, "tmp", "test-home-"+repo.Name+".nix")
+		if err := os.WriteFile(homeFile, []byte(testHome), 0o644); err != nil {
+			return fmt.Errorf("write test home configuration: %w", err)
+		}
+		expr := homeManagerExpr(o.cfg.HomeManagerFlake, repoDir, homeFile)
+		err := o.buildAttr(ctx, rn, "homeManagerConfiguration", "home-manager", repoDir, filepath.Join(gcroots, "home-manager"), "--impure", "--expr", expr)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lg.Line("Failed to build home-manager configuration")
+		} else {
+			lg.Line("Successfully built home-manager configuration")
+		}
+	}
+	return nil
+}
+
+// testHome is the minimal home configuration the modules are tried with.
+const testHome = `{ ... }: {
+  home.username = "test";
+  home.homeDirectory = "/home/test";
+  home.stateVersion = "23.11";
+}
+`
+
+// homeManagerExpr is the spec's expression, building the configuration's
+// activation package (the configuration itself is not a derivation).
+func homeManagerExpr(hmFlake, repoDir, homeFile string) string {
+	return fmt.Sprintf(`let
+  pkgs = import <nixpkgs> {};
+  home-manager = builtins.getFlake %s;
+  flake = builtins.getFlake %s;
+in
+(home-manager.lib.homeManagerConfiguration {
+  inherit pkgs;
+  modules = [
+    (import %s)
+  ] ++ (if flake ? homeManagerModules.default
+        then [ flake.homeManagerModules.default ]
+        else []);
+}).activationPackage`, nixString(hmFlake), nixString("path:"+repoDir), nixString(homeFile))
+}
+
+// nixString quotes s as a Nix string literal.
+func nixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// buildAttr builds one installable and records its result.
+func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, outLink string, installable ...string) error {
+	bg := context.WithoutCancel(ctx)
+	rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now())
+	if err != nil {
+		return err
+	}
+	o.publish(rn.build)
+	res, err := o.nix.Build(ctx, dir, rn.log, outLink, installable...)
+	status, errMsg, drv := db.ResultSuccess, "", ""
+	var outs []string
+	for _, r := range res {
+		drv = r.DrvPath
+		for _, p := range r.Outputs {
+			outs = append(outs, p)
+		}
+	}
+	sort.Strings(outs)
+	if err != nil {
+		status, errMsg = db.ResultFailed, err.Error()
+	}
+	if ferr := o.db.FinishResult(bg, rid, status, drv, outs, errMsg, time.Now()); ferr != nil {
+		return ferr
+	}
+	o.publish(rn.build)
+	return err
+}
+
+func (o *Orchestrator) skipResult(ctx context.Context, rn *run, attr, kind string) {
+	bg := context.WithoutCancel(ctx)
+	if rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now()); err == nil {
+		o.db.FinishResult(bg, rid, db.ResultSkipped, "", nil, "unsupported attribute name", time.Now())
+	}
+}
+
+// legacyBuild is strategy B: nix-build of default.nix. Nix 2.x's nix-build
+// prints build logs by default and has no --print-build-logs flag.
+func (o *Orchestrator) legacyBuild(ctx context.Context, rn *run, repoDir, gcroots string) error {
+	lg := rn.log
+	bg := context.WithoutCancel(ctx)
+	rid, err := o.db.StartResult(bg, rn.build.ID, "default.nix", "legacy", time.Now())
+	if err != nil {
+		return err
+	}
+	link := filepath.Join(gcroots, "result")
+	berr := o.nix.Legacy(ctx, repoDir, lg, "nix-build", "--keep-going", "--out-link", link)
+	var outs []string
+	if berr == nil {
+		// nix-build names the links result, result-2, … for several outputs.
+		matches, _ := filepath.Glob(link + "*")
+		for _, m := range matches {
+			if t, err := os.Readlink(m); err == nil {
+				outs = append(outs, t)
+			}
+		}
+	}
+	status, errMsg := db.ResultSuccess, ""
+	if berr != nil {
+		status, errMsg = db.ResultFailed, berr.Error()
+	}
+	if err := o.db.FinishResult(bg, rid, status, "", outs, errMsg, time.Now()); err != nil {
+		return err
+	}
+	if berr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		lg.Line("Error: nix-build failed: %v", berr)
+		return fmt.Errorf("nix-build: %w", berr)
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package build
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/db"
+)
+
+// Status is the spec's BuildStatus document, as /build/status returns it
+// and as ${DATA_DIR}/status/<repo>.json holds it.
+type Status struct {
+	IsRunning  bool    `json:"is_running"`
+	LastStart  *string `json:"last_start"`
+	LastFinish *string `json:"last_finish"`
+	LastStatus *string `json:"last_status"`
+	LastCommit *string `json:"last_commit"`
+	Repository string  `json:"repository"`
+}
+
+func isoTime(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339)
+	return &s
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// SpecStatus maps a repository's newest build onto the spec's state
+// machine: while running, last_finish/last_status/last_commit are null;
+// afterwards last_status is "success" or "failed" (cancelled and
+// interrupted builds are failed).
+func SpecStatus(repo string, b *db.Build) Status {
+	s := Status{Repository: repo}
+	if b == nil {
+		return s
+	}
+	if b.Active() {
+		s.IsRunning = true
+		s.LastStart = isoTime(b.StartedAt)
+		if s.LastStart == nil {
+			s.LastStart = isoTime(&b.CreatedAt)
+		}
+		return s
+	}
+	s.LastStart = isoTime(b.StartedAt)
+	s.LastFinish = isoTime(b.FinishedAt)
+	st := db.StatusFailed
+	if b.Status == db.StatusSuccess {
+		st = db.StatusSuccess
+	}
+	s.LastStatus = &st
+	s.LastCommit = strPtr(b.ShortCommit)
+	return s
+}
+
+// Status returns the spec status of repo.
+func (o *Orchestrator) Status(ctx context.Context, repo string) (Status, error) {
+	if _, ok := o.repos[repo]; !ok {
+		return Status{}, ErrUnknownRepository
+	}
+	b, err := o.db.LatestBuild(ctx, repo)
+	if errors.Is(err, db.ErrNotFound) {
+		return SpecStatus(repo, nil), nil
+	}
+	if err != nil {
+		return Status{}, err
+	}
+	return SpecStatus(repo, b), nil
+}
+
+// writeStatusFile mirrors the status into ${DATA_DIR}/status/<repo>.json
+// (temp file + rename, as the spec asks), for tools that read it.
+func (o *Orchestrator) writeStatusFile(ctx context.Context, repo string) {
+	s, err := o.Status(ctx, repo)
+	if err != nil {
+		o.log.Warn("status file: read status", "repository", repo, "err", err)
+		return
+	}
+	if err := writeJSONAtomic(filepath.Join(o.cfg.DataDir, "status", repo+".json"), s); err != nil {
+		o.log.Warn("status file", "repository", repo, "err", err)
+	}
+}
+
+func writeJSONAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".status-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

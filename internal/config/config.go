@@ -1,0 +1,277 @@
+// Package config loads the server's settings: a TOML file, then the seed
+// spec's environment variables, then validation that names the bad key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Repository is one git repository the server builds.
+type Repository struct {
+	Name   string `toml:"name"`
+	URL    string `toml:"url"`
+	Branch string `toml:"branch"`
+	// WebhookSecret verifies push webhooks for this repository; empty uses
+	// the server-wide secret.
+	WebhookSecret string `toml:"webhook_secret"`
+}
+
+// Config is everything `crystal-forge server` needs.
+type Config struct {
+	DataDir     string `toml:"data_dir"`
+	Hostname    string `toml:"hostname"`
+	APIPort     int    `toml:"api_port"`
+	CachePort   int    `toml:"cache_port"`
+	Bind        string `toml:"bind"`
+	EnableWebUI bool   `toml:"enable_web_ui"`
+	KeyFile     string `toml:"key_file"`
+	KeyOwner    string `toml:"key_owner"`
+	// Database is a DSN: empty for SQLite under the data dir,
+	// "sqlite:///path" or "postgres://...".
+	Database string `toml:"database"`
+
+	MaxParallelBuilds int      `toml:"max_parallel_builds"`
+	BuildTimeout      Duration `toml:"build_timeout"`
+	// PollInterval is how often branches are checked for new commits; 0 disables.
+	PollInterval  Duration `toml:"poll_interval"`
+	WebhookSecret string   `toml:"webhook_secret"`
+
+	// System is the Nix system whose packages are built (default: this machine's).
+	System string `toml:"system"`
+	// HomeManagerFlake is the flake reference of home-manager used to test
+	// homeManagerModules.
+	HomeManagerFlake string `toml:"home_manager_flake"`
+	// NixPath is NIX_PATH for builds (the spec sets nixpkgs=...).
+	NixPath string `toml:"nix_path"`
+
+	Repositories []Repository `toml:"repositories"`
+}
+
+// Duration is a time.Duration written as "90s", "5m", "2h" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	if string(b) == "0" {
+		d.Duration = 0
+		return nil
+	}
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the spec's defaults.
+func Default() Config {
+	return Config{
+		DataDir:           "/var/lib/nix-build-server",
+		Hostname:          "build-server",
+		APIPort:           8000,
+		CachePort:         5000,
+		Bind:              "::",
+		EnableWebUI:       true,
+		KeyFile:           "/var/lib/harmonia/cache-key",
+		MaxParallelBuilds: 2,
+		BuildTimeout:      Duration{2 * time.Hour},
+		PollInterval:      Duration{5 * time.Minute},
+		System:            DefaultSystem(),
+		HomeManagerFlake:  "github:nix-community/home-manager",
+	}
+}
+
+// DefaultSystem maps the running platform to a Nix system name.
+func DefaultSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
+
+// Load reads the TOML file at path (none when empty), applies the
+// environment (getenv, usually os.Getenv) and validates.
+func Load(path string, getenv func(string) string) (*Config, error) {
+	c := Default()
+	if path != "" {
+		md, err := toml.DecodeFile(path, &c)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		if un := md.Undecoded(); len(un) > 0 {
+			keys := make([]string, len(un))
+			for i, k := range un {
+				keys[i] = k.String()
+			}
+			return nil, fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
+		}
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyEnv(getenv func(string) string) error {
+	if v := getenv("BUILD_SERVER_DATA_DIR"); v != "" {
+		c.DataDir = v
+	}
+	if v := getenv("BUILD_SERVER_HOSTNAME"); v != "" {
+		c.Hostname = v
+	}
+	for _, p := range []struct {
+		env string
+		dst *int
+	}{{"BUILD_SERVER_API_PORT", &c.APIPort}, {"BUILD_SERVER_CACHE_PORT", &c.CachePort}} {
+		if v := getenv(p.env); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("environment %s=%q: not a port number", p.env, v)
+			}
+			*p.dst = n
+		}
+	}
+	switch v := getenv("ENABLE_WEB_UI"); v {
+	case "":
+	case "1", "true", "yes":
+		c.EnableWebUI = true
+	case "0", "false", "no":
+		c.EnableWebUI = false
+	default:
+		return fmt.Errorf("environment ENABLE_WEB_UI=%q: want 1 or 0", v)
+	}
+	return nil
+}
+
+var (
+	// NameRE is what a repository name may be: it becomes a URL segment, a
+	// file name and a log name, so nothing that could escape any of them.
+	NameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	branchRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$`)
+	systemRE = regexp.MustCompile(`^[a-z0-9_]+-[a-z0-9_]+$`)
+)
+
+// ValidName reports whether s is an acceptable repository name.
+func ValidName(s string) bool { return NameRE.MatchString(s) && !strings.Contains(s, "..") }
+
+// Validate checks every setting and names the first bad key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	} else if abs, err := filepath.Abs(c.DataDir); err != nil {
+		bad("data_dir", "%v", err)
+	} else {
+		c.DataDir = abs
+	}
+	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t:/") {
+		bad("hostname", "%q is not a host name", c.Hostname)
+	}
+	for key, p := range map[string]int{"api_port": c.APIPort, "cache_port": c.CachePort} {
+		if p <= 0 || p > 65535 {
+			bad(key, "%d is not a port number", p)
+		}
+	}
+	if c.APIPort == c.CachePort {
+		bad("api_port", "equals cache_port (%d)", c.APIPort)
+	}
+	if c.KeyFile == "" {
+		bad("key_file", "must not be empty")
+	}
+	if c.MaxParallelBuilds < 1 {
+		bad("max_parallel_builds", "%d: must be at least 1", c.MaxParallelBuilds)
+	}
+	if c.BuildTimeout.Duration < 0 {
+		bad("build_timeout", "must not be negative")
+	}
+	if c.PollInterval.Duration < 0 || (c.PollInterval.Duration > 0 && c.PollInterval.Duration < time.Second) {
+		bad("poll_interval", "%s: want 0 (off) or at least 1s", c.PollInterval)
+	}
+	if !systemRE.MatchString(c.System) {
+		bad("system", "%q is not a Nix system like x86_64-linux", c.System)
+	}
+	if c.HomeManagerFlake == "" {
+		bad("home_manager_flake", "must not be empty")
+	}
+	seen := map[string]bool{}
+	for i, r := range c.Repositories {
+		key := fmt.Sprintf("repositories[%d]", i)
+		if !ValidName(r.Name) {
+			bad(key+".name", "%q: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)", r.Name)
+		} else if seen[r.Name] {
+			bad(key+".name", "%q is used twice", r.Name)
+		}
+		seen[r.Name] = true
+		if err := validURL(r.URL); err != nil {
+			bad(key+".url", "%q: %v", r.URL, err)
+		}
+		if !branchRE.MatchString(r.Branch) || strings.Contains(r.Branch, "..") || strings.HasSuffix(r.Branch, "/") || strings.HasSuffix(r.Branch, ".lock") {
+			bad(key+".branch", "%q is not a branch name", r.Branch)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validURL accepts what git clones: URLs with a scheme, scp-like
+// user@host:path, and absolute local paths. Never anything git could take
+// for an option.
+func validURL(s string) error {
+	switch {
+	case s == "":
+		return errors.New("must not be empty")
+	case strings.HasPrefix(s, "-"):
+		return errors.New("must not start with '-'")
+	case strings.ContainsAny(s, " \t\r\n"):
+		return errors.New("must not contain whitespace")
+	case strings.HasPrefix(s, "/"):
+		return nil
+	case strings.Contains(s, "://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return err
+		}
+		switch u.Scheme {
+		case "https", "http", "ssh", "git", "file":
+			return nil
+		}
+		return fmt.Errorf("unsupported scheme %q", u.Scheme)
+	case regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`).MatchString(s):
+		return nil
+	}
+	return errors.New("want https://, ssh://, git://, file://, user@host:path or an absolute path")
+}
+
+// Repository returns the named repository.
+func (c *Config) Repository(name string) (Repository, bool) {
+	for _, r := range c.Repositories {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Repository{}, false
+}
+
+// Getenv is os.Getenv, for callers of Load.
+func Getenv(k string) string { return os.Getenv(k) }

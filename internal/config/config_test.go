@@ -1,0 +1,109 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func write(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("", env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/var/lib/nix-build-server" || c.Hostname != "build-server" || c.APIPort != 8000 || c.CachePort != 5000 || !c.EnableWebUI {
+		t.Errorf("defaults differ from the spec: %+v", c)
+	}
+	if c.KeyFile != "/var/lib/harmonia/cache-key" {
+		t.Errorf("KeyFile = %q", c.KeyFile)
+	}
+}
+
+func TestFileAndEnv(t *testing.T) {
+	p := write(t, `
+data_dir = "/srv/forge"
+hostname = "forge"
+api_port = 9000
+poll_interval = "30s"
+build_timeout = "0"
+
+[[repositories]]
+name = "nix-terminal"
+url = "https://github.com/user/repo"
+branch = "dev"
+
+[[repositories]]
+name = "local"
+url = "/srv/git/local.git"
+branch = "release/1.x"
+`)
+	c, err := Load(p, env(map[string]string{"BUILD_SERVER_API_PORT": "8100", "ENABLE_WEB_UI": "0", "BUILD_SERVER_HOSTNAME": "from-env"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.APIPort != 8100 || c.EnableWebUI || c.Hostname != "from-env" || c.DataDir != "/srv/forge" {
+		t.Errorf("environment did not override the file: %+v", c)
+	}
+	if c.PollInterval.Duration != 30*time.Second || c.BuildTimeout.Duration != 0 {
+		t.Errorf("durations: poll %v timeout %v", c.PollInterval, c.BuildTimeout)
+	}
+	if r, ok := c.Repository("local"); !ok || r.Branch != "release/1.x" {
+		t.Errorf("Repository(local) = %+v, %v", r, ok)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	tests := []struct {
+		name, toml string
+		env        map[string]string
+		want       string
+	}{
+		{"unknown key", `colour = "blue"`, nil, "unknown key colour"},
+		{"bad toml", `api_port = `, nil, "config"},
+		{"bad repo name", "[[repositories]]\nname = \"../etc\"\nurl = \"/x\"\nbranch = \"main\"", nil, "repositories[0].name"},
+		{"slash in name", "[[repositories]]\nname = \"a/b\"\nurl = \"/x\"\nbranch = \"main\"", nil, "repositories[0].name"},
+		{"duplicate", "[[repositories]]\nname = \"a\"\nurl = \"/x\"\nbranch = \"main\"\n[[repositories]]\nname = \"a\"\nurl = \"/y\"\nbranch = \"main\"", nil, "repositories[1].name: \"a\" is used twice"},
+		{"option url", "[[repositories]]\nname = \"a\"\nurl = \"--upload-pack=evil\"\nbranch = \"main\"", nil, "repositories[0].url"},
+		{"bad branch", "[[repositories]]\nname = \"a\"\nurl = \"/x\"\nbranch = \"-f\"", nil, "repositories[0].branch"},
+		{"missing branch", "[[repositories]]\nname = \"a\"\nurl = \"/x\"", nil, "repositories[0].branch"},
+		{"port env", ``, map[string]string{"BUILD_SERVER_CACHE_PORT": "http"}, "BUILD_SERVER_CACHE_PORT"},
+		{"port range", `api_port = 70000`, nil, "api_port"},
+		{"same ports", `api_port = 5000`, nil, "equals cache_port"},
+		{"web ui env", ``, map[string]string{"ENABLE_WEB_UI": "maybe"}, "ENABLE_WEB_UI"},
+		{"poll", `poll_interval = "10ms"`, nil, "poll_interval"},
+		{"duration", `build_timeout = "soon"`, nil, "build_timeout"},
+		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, tt.toml), env(tt.env))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"nix-terminal": true, "a": true, "A.b_c-1": true,
+		"": false, "-x": false, ".x": false, "a/b": false, "a..b": false, "a b": false, strings.Repeat("a", 65): false, "ä": false,
+	} {
+		if ValidName(name) != want {
+			t.Errorf("ValidName(%q) = %v", name, !want)
+		}
+	}
+}

@@ -1,0 +1,288 @@
+package db
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Build statuses. Queued and running are the active ones.
+const (
+	StatusQueued    = "queued"
+	StatusRunning   = "running"
+	StatusSuccess   = "success"
+	StatusFailed    = "failed"
+	StatusCancelled = "cancelled"
+)
+
+// Result statuses for one package or attribute of a build.
+const (
+	ResultRunning = "running"
+	ResultSuccess = "success"
+	ResultFailed  = "failed"
+	ResultSkipped = "skipped"
+)
+
+// Build is one run of the orchestrator for a repository.
+type Build struct {
+	ID          int64      `json:"id"`
+	Repository  string     `json:"repository"`
+	Status      string     `json:"status"`
+	Reason      string     `json:"reason"`
+	Commit      string     `json:"commit"`
+	ShortCommit string     `json:"short_commit"`
+	Error       string     `json:"error,omitempty"`
+	LogPath     string     `json:"-"`
+	CreatedAt   time.Time  `json:"created_at"`
+	StartedAt   *time.Time `json:"started_at"`
+	FinishedAt  *time.Time `json:"finished_at"`
+}
+
+// Active reports whether the build is queued or running.
+func (b *Build) Active() bool { return b.Status == StatusQueued || b.Status == StatusRunning }
+
+// Result is the outcome of building one attribute.
+type Result struct {
+	ID         int64      `json:"id"`
+	BuildID    int64      `json:"build_id"`
+	Attr       string     `json:"attr"`
+	Kind       string     `json:"kind"`
+	Status     string     `json:"status"`
+	DrvPath    string     `json:"drv_path,omitempty"`
+	OutPaths   []string   `json:"out_paths"`
+	Error      string     `json:"error,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+}
+
+const buildCols = `id, repository, status, reason, commit_sha, short_commit, error, log_path, created_at, started_at, finished_at`
+
+func scanBuild(row interface{ Scan(...any) error }) (*Build, error) {
+	var (
+		b                 Build
+		created           int64
+		started, finished sql.NullInt64
+	)
+	if err := row.Scan(&b.ID, &b.Repository, &b.Status, &b.Reason, &b.Commit, &b.ShortCommit, &b.Error, &b.LogPath, &created, &started, &finished); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	b.CreatedAt = time.UnixMilli(created).UTC()
+	b.StartedAt = fromMillis(started)
+	b.FinishedAt = fromMillis(finished)
+	return &b, nil
+}
+
+// SyncRepository records a configured repository (for history of removed ones).
+func (d *DB) SyncRepository(ctx context.Context, name, url, branch string) error {
+	_, err := d.sql.ExecContext(ctx, `INSERT INTO repositories (name, url, branch, updated_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (name) DO UPDATE SET url = excluded.url, branch = excluded.branch, updated_at = excluded.updated_at`,
+		name, url, branch, millis(time.Now()))
+	if err != nil {
+		return fmt.Errorf("record repository %s: %w", name, err)
+	}
+	return nil
+}
+
+// CreateBuild queues a build, unless the repository already has an active
+// one: then it returns that build and created=false. The check and insert
+// are one transaction, so two triggers cannot both start a build.
+func (d *DB) CreateBuild(ctx context.Context, repo, reason, logDir string) (b *Build, created bool, err error) {
+	err = d.tx(ctx, func(tx *sql.Tx) error {
+		existing, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND status IN ('queued', 'running') ORDER BY id DESC LIMIT 1`, repo))
+		if err == nil {
+			b = existing
+			return nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		now := time.Now()
+		var id int64
+		if err := tx.QueryRowContext(ctx, `INSERT INTO builds (repository, status, reason, created_at) VALUES ($1, $2, $3, $4) RETURNING id`,
+			repo, StatusQueued, reason, millis(now)).Scan(&id); err != nil {
+			return err
+		}
+		logPath := fmt.Sprintf("%s/%d.log", strings.TrimSuffix(logDir, "/"), id)
+		if _, err := tx.ExecContext(ctx, `UPDATE builds SET log_path = $1 WHERE id = $2`, logPath, id); err != nil {
+			return err
+		}
+		b = &Build{ID: id, Repository: repo, Status: StatusQueued, Reason: reason, LogPath: logPath, CreatedAt: time.UnixMilli(millis(now)).UTC()}
+		created = true
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("create build for %s: %w", repo, err)
+	}
+	return b, created, nil
+}
+
+// StartBuild marks a queued build running.
+func (d *DB) StartBuild(ctx context.Context, id int64, at time.Time) error {
+	return d.exec(ctx, "start build", `UPDATE builds SET status = $1, started_at = $2 WHERE id = $3`, StatusRunning, millis(at), id)
+}
+
+// SetCommit records the commit a build is building.
+func (d *DB) SetCommit(ctx context.Context, id int64, full, short string) error {
+	return d.exec(ctx, "set commit", `UPDATE builds SET commit_sha = $1, short_commit = $2 WHERE id = $3`, full, short, id)
+}
+
+// FinishBuild records a build's end.
+func (d *DB) FinishBuild(ctx context.Context, id int64, status, errMsg string, at time.Time) error {
+	return d.exec(ctx, "finish build", `UPDATE builds SET status = $1, error = $2, finished_at = $3 WHERE id = $4`, status, errMsg, millis(at), id)
+}
+
+// InterruptActive marks every queued or running build failed with reason
+// "interrupted" and returns them: after a restart nothing is running.
+func (d *DB) InterruptActive(ctx context.Context, at time.Time) ([]*Build, error) {
+	var out []*Build
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+buildCols+` FROM builds WHERE status IN ('queued', 'running') ORDER BY id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			b, err := scanBuild(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, b)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE builds SET status = $1, error = $2, finished_at = $3 WHERE status IN ('queued', 'running')`,
+			StatusFailed, "interrupted", millis(at)); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE build_results SET status = $1, error = $2, finished_at = $3 WHERE status = $4`,
+			ResultFailed, "interrupted", millis(at), ResultRunning)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark interrupted builds: %w", err)
+	}
+	return out, nil
+}
+
+// Build returns one build.
+func (d *DB) Build(ctx context.Context, id int64) (*Build, error) {
+	b, err := scanBuild(d.sql.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = $1`, id))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("build %d: %w", id, err)
+	}
+	return b, err
+}
+
+// LatestBuild returns the repository's newest build, or ErrNotFound.
+func (d *DB) LatestBuild(ctx context.Context, repo string) (*Build, error) {
+	b, err := scanBuild(d.sql.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 ORDER BY id DESC LIMIT 1`, repo))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("latest build of %s: %w", repo, err)
+	}
+	return b, err
+}
+
+// LatestFinished returns the repository's newest finished build, or ErrNotFound.
+func (d *DB) LatestFinished(ctx context.Context, repo string) (*Build, error) {
+	b, err := scanBuild(d.sql.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1`, repo))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("latest finished build of %s: %w", repo, err)
+	}
+	return b, err
+}
+
+// LastBuiltCommit returns the newest commit any build of repo got to, or "".
+func (d *DB) LastBuiltCommit(ctx context.Context, repo string) (string, error) {
+	var c string
+	err := d.sql.QueryRowContext(ctx, `SELECT commit_sha FROM builds WHERE repository = $1 AND commit_sha <> '' ORDER BY id DESC LIMIT 1`, repo).Scan(&c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("last built commit of %s: %w", repo, err)
+	}
+	return c, nil
+}
+
+// ListBuilds returns up to limit builds of repo, newest first, older than
+// beforeID when it is positive.
+func (d *DB) ListBuilds(ctx context.Context, repo string, limit int, beforeID int64) ([]*Build, error) {
+	if beforeID <= 0 {
+		beforeID = 1 << 62
+	}
+	rows, err := d.sql.QueryContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, repo, beforeID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list builds of %s: %w", repo, err)
+	}
+	defer rows.Close()
+	var out []*Build
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list builds of %s: %w", repo, err)
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// StartResult records that building attr has begun and returns its id.
+func (d *DB) StartResult(ctx context.Context, buildID int64, attr, kind string, at time.Time) (int64, error) {
+	var id int64
+	err := d.sql.QueryRowContext(ctx, `INSERT INTO build_results (build_id, attr, kind, status, started_at) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
+		buildID, attr, kind, ResultRunning, millis(at)).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("record result %s of build %d: %w", attr, buildID, err)
+	}
+	return id, nil
+}
+
+// FinishResult records an attribute's outcome.
+func (d *DB) FinishResult(ctx context.Context, id int64, status, drvPath string, outPaths []string, errMsg string, at time.Time) error {
+	return d.exec(ctx, "finish result", `UPDATE build_results SET status = $1, drv_path = $2, out_paths = $3, error = $4, finished_at = $5 WHERE id = $6`,
+		status, drvPath, strings.Join(outPaths, " "), errMsg, millis(at), id)
+}
+
+// Results returns a build's per-attribute results in the order they ran.
+func (d *DB) Results(ctx context.Context, buildID int64) ([]*Result, error) {
+	rows, err := d.sql.QueryContext(ctx, `SELECT id, build_id, attr, kind, status, drv_path, out_paths, error, started_at, finished_at FROM build_results WHERE build_id = $1 ORDER BY id`, buildID)
+	if err != nil {
+		return nil, fmt.Errorf("results of build %d: %w", buildID, err)
+	}
+	defer rows.Close()
+	out := []*Result{}
+	for rows.Next() {
+		var (
+			r        Result
+			outs     string
+			started  int64
+			finished sql.NullInt64
+		)
+		if err := rows.Scan(&r.ID, &r.BuildID, &r.Attr, &r.Kind, &r.Status, &r.DrvPath, &outs, &r.Error, &started, &finished); err != nil {
+			return nil, fmt.Errorf("results of build %d: %w", buildID, err)
+		}
+		r.OutPaths = strings.Fields(outs)
+		if r.OutPaths == nil {
+			r.OutPaths = []string{}
+		}
+		r.StartedAt = time.UnixMilli(started).UTC()
+		r.FinishedAt = fromMillis(finished)
+		out = append(out, &r)
+	}
+	return out, rows.Err()
+}
+
+func (d *DB) exec(ctx context.Context, what, q string, args ...any) error {
+	if _, err := d.sql.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
