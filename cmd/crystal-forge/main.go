@@ -18,9 +18,12 @@ import (
 const usage = `usage: crystal-forge <command> [flags]
 
 commands:
-  server   key init + binary cache (the all-in-one server)
+  server   the all-in-one server: key init, binary cache, builds, API and web page
   cache    serve the local Nix store as a signed binary cache
   keygen   create the cache signing key if it does not exist; print the public key
+  trigger  trigger a build of a repository (client of a server's API)
+  status   show repositories and their latest builds
+  logs     print or follow a repository's build log
   version  print the version
 
 Run "crystal-forge <command> -h" for a command's flags.
@@ -50,6 +53,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCache(ctx, rest, stderr, log)
 	case "server":
 		err = runServer(ctx, rest, stdout, stderr, log)
+	case "trigger":
+		err = runTrigger(ctx, rest, stdout, stderr)
+	case "status":
+		err = runStatus(ctx, rest, stdout, stderr)
+	case "logs":
+		err = runLogs(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "crystal-forge", version)
 	case "help", "-h", "--help":

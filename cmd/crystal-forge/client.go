@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+
+	"github.com/crystal-forge/crystal-forge/internal/client"
+)
+
+func defaultServer() string {
+	if s := os.Getenv("CRYSTAL_FORGE_SERVER"); s != "" {
+		return s
+	}
+	return "http://localhost:8000"
+}
+
+// parseArgs parses flags that may come before or after the positional
+// arguments ("logs REPO -n 5" as well as "logs -n 5 REPO").
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				return nil, err
+			}
+			return nil, errUsage
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func runTrigger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("trigger", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	follow := fs.Bool("f", false, "follow the build's log until it ends; exit 1 if it fails")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: crystal-forge trigger [--server URL] [-f] REPOSITORY")
+		return errUsage
+	}
+	c := client.New(*server)
+	r, err := c.Trigger(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %s (build %d)\n", pos[0], r.Status, r.BuildID)
+	if !*follow {
+		return nil
+	}
+	return followBuild(ctx, c, r.BuildID, stdout)
+}
+
+func followBuild(ctx context.Context, c *client.Client, id int64, stdout io.Writer) error {
+	status, err := c.Follow(ctx, id, stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "build %d: %s\n", id, status)
+	if status != "success" {
+		return fmt.Errorf("build %d %s", id, status)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	c := client.New(*server)
+	repos, err := c.Repositories(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPOSITORY\tBRANCH\tSTATUS\tCOMMIT\tBUILD\tSTARTED\tFINISHED")
+	shown := 0
+	for _, r := range repos {
+		if len(pos) > 0 && !contains(pos, r.Name) {
+			continue
+		}
+		shown++
+		status, commit, id, started, finished := "never built", "-", "-", "-", "-"
+		if b := r.LatestBuild; b != nil {
+			status, commit, id = b.Status, b.ShortCommit, fmt.Sprint(b.ID)
+			if commit == "" {
+				commit = "-"
+			}
+			if b.StartedAt != nil {
+				started = b.StartedAt.Local().Format("2006-01-02 15:04:05")
+			}
+			if b.FinishedAt != nil {
+				finished = b.FinishedAt.Local().Format("2006-01-02 15:04:05")
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, status, commit, id, started, finished)
+	}
+	tw.Flush()
+	if len(pos) > 0 && shown < len(pos) {
+		return fmt.Errorf("repository not found: %v", pos)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	n := fs.Int("n", 100, "number of lines (1-10000)")
+	follow := fs.Bool("f", false, "follow the newest build's log until it ends")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: crystal-forge logs [--server URL] [-n N] [-f] REPOSITORY")
+		return errUsage
+	}
+	c := client.New(*server)
+	if *follow {
+		r, err := c.Repository(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if r.LatestBuild == nil {
+			return fmt.Errorf("%s has no builds yet", pos[0])
+		}
+		return followBuild(ctx, c, r.LatestBuild.ID, stdout)
+	}
+	lines, err := c.Logs(ctx, pos[0], *n)
+	if err != nil {
+		return err
+	}
+	for _, l := range lines {
+		fmt.Fprintln(stdout, l)
+	}
+	return nil
+}

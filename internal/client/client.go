@@ -1,0 +1,142 @@
+// Package client talks to a Crystal Forge server's API for the command
+// line: trigger builds, read status, read and follow logs.
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
+	"github.com/crystal-forge/crystal-forge/internal/build"
+)
+
+// Client is an API client.
+type Client struct {
+	BaseURL string
+	HTTP    *http.Client
+}
+
+// New returns a client of the server at base (http://host:port).
+func New(base string) *Client {
+	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}}
+}
+
+// Error is a non-2xx answer.
+type Error struct {
+	Code   int
+	Detail string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("server answered %d: %s", e.Code, e.Detail) }
+
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Detail string `json:"detail"`
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(body, &e) != nil || e.Detail == "" {
+			e.Detail = strings.TrimSpace(string(body))
+		}
+		return &Error{Code: resp.StatusCode, Detail: e.Detail}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode: %w", method, path, err)
+	}
+	return nil
+}
+
+// TriggerResult is the answer to a trigger.
+type TriggerResult struct {
+	Status     string `json:"status"`
+	Repository string `json:"repository"`
+	BuildID    int64  `json:"build_id"`
+}
+
+// Trigger asks for a build of repo.
+func (c *Client) Trigger(ctx context.Context, repo string) (*TriggerResult, error) {
+	var r TriggerResult
+	return &r, c.do(ctx, http.MethodPost, "/build/trigger/"+url.PathEscape(repo), &r)
+}
+
+// Status returns the spec status of repo.
+func (c *Client) Status(ctx context.Context, repo string) (*build.Status, error) {
+	var s build.Status
+	return &s, c.do(ctx, http.MethodGet, "/build/status/"+url.PathEscape(repo), &s)
+}
+
+// Repositories lists every repository with its latest build.
+func (c *Client) Repositories(ctx context.Context) ([]api.Repository, error) {
+	var rs []api.Repository
+	return rs, c.do(ctx, http.MethodGet, "/api/v1/repositories", &rs)
+}
+
+// Repository returns one repository with its latest build.
+func (c *Client) Repository(ctx context.Context, repo string) (*api.Repository, error) {
+	var r api.Repository
+	return &r, c.do(ctx, http.MethodGet, "/api/v1/repositories/"+url.PathEscape(repo), &r)
+}
+
+// Logs returns the last n lines of repo's newest log.
+func (c *Client) Logs(ctx context.Context, repo string, n int) ([]string, error) {
+	var r struct {
+		Logs []string `json:"logs"`
+	}
+	return r.Logs, c.do(ctx, http.MethodGet, fmt.Sprintf("/build/logs/%s?lines=%d", url.PathEscape(repo), n), &r)
+}
+
+// Follow streams build id's log to w line by line until the build ends,
+// and returns its final status.
+func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/builds/%d/log?follow=1", c.BaseURL, id), nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("follow build %d: %w", id, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", &Error{Code: resp.StatusCode, Detail: resp.Status}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	event := ""
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data := strings.TrimPrefix(line, "data: ")
+			if event == "end" {
+				return data, nil
+			}
+			fmt.Fprintln(w, data)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("follow build %d: %w", id, err)
+	}
+	return "", fmt.Errorf("follow build %d: stream ended early", id)
+}
