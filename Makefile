@@ -31,6 +31,7 @@ test: deps vet
 bench: build
 	./scripts/install-deps.sh bench
 	./bench/cache.sh
+	./bench/api.sh
 
 clean:
 	rm -rf bin
