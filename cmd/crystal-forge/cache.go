@@ -75,16 +75,32 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		return err
 	}
 	defer closeStore()
-	return serve(ctx, log, "cache", *listen, srv)
+	return serve(ctx, log, "cache", *listen, srv, serveHooks{})
+}
+
+// serveHooks are optional callbacks around a server's life.
+type serveHooks struct {
+	listening  func() // the socket is bound
+	stopped    func() // the server no longer serves
+	onShutdown func() // shutdown began: end long-lived streams
 }
 
 // serve runs h on addr until ctx ends, then drains for up to 10 seconds.
-func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Handler) error {
+func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Handler, hooks serveHooks) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
 	}
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if hooks.onShutdown != nil {
+		hs.RegisterOnShutdown(hooks.onShutdown)
+	}
+	if hooks.listening != nil {
+		hooks.listening()
+	}
+	if hooks.stopped != nil {
+		defer hooks.stopped()
+	}
 	log.Info("listening", "service", name, "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

@@ -136,12 +136,12 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
 	wg.Go(func() {
-		cacheUp.Store(true)
-		defer cacheUp.Store(false)
-		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheSrv)
+		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheSrv,
+			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }})
 	})
 	wg.Go(func() {
-		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), apiSrv)
+		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), apiSrv,
+			serveHooks{onShutdown: apiSrv.Close})
 	})
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc

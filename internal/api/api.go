@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
@@ -44,6 +45,9 @@ type Server struct {
 	db   *db.DB
 	log  *slog.Logger
 	mux  *http.ServeMux
+	// closing ends long-lived streams when the server shuts down.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New builds the API handler.
@@ -54,7 +58,7 @@ func New(cfg Config) *Server {
 	if cfg.CacheRunning == nil {
 		cfg.CacheRunning = func() bool { return false }
 	}
-	s := &Server{cfg: cfg, orch: cfg.Orchestrator, db: cfg.Orchestrator.DB(), log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, orch: cfg.Orchestrator, db: cfg.Orchestrator.DB(), log: cfg.Logger, mux: http.NewServeMux(), closing: make(chan struct{})}
 	m := s.mux
 	// The spec's endpoints.
 	m.HandleFunc("GET /{$}", s.index)
@@ -75,6 +79,23 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
 	m.Handle("GET /static/", staticHandler())
 	return s
+}
+
+// Close ends event and log streams, so a graceful shutdown need not wait
+// for clients that would otherwise stay connected forever.
+func (s *Server) Close() { s.closeOnce.Do(func() { close(s.closing) }) }
+
+// streamContext is r's context, also ended by Close.
+func (s *Server) streamContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // ServeHTTP implements http.Handler.

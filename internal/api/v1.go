@@ -191,8 +191,10 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")
 		return
 	}
+	ctx, cancel := s.streamContext(r)
+	defer cancel()
 	var partial []byte
-	err := s.orch.Follow(r.Context(), b, 0, func(p []byte) error {
+	err := s.orch.Follow(ctx, b, 0, func(p []byte) error {
 		partial = append(partial, p...)
 		for {
 			i := bytes.IndexByte(partial, '\n')
@@ -227,6 +229,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")
 		return
 	}
+	ctx, cancel := s.streamContext(r)
+	defer cancel()
 	ch, stop := s.orch.Subscribe()
 	defer stop()
 	sse.comment("connected")
@@ -237,7 +241,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	defer keepalive.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case e := <-ch:
 			if err := sse.sendJSON("build", e); err != nil {
