@@ -178,8 +178,10 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 	o.mu.Unlock()
 	o.log.Info("build queued", "repository", repo, "build", b.ID, "reason", reason)
 	o.publish(b)
+	// The build goroutine updates b as it goes: the caller gets a copy.
+	queued := *b
 	o.wg.Go(func() { o.execute(bctx, rn, r) })
-	return b, true, nil
+	return &queued, true, nil
 }
 
 // Cancel stops a queued or running build.

@@ -25,6 +25,7 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 	// Final writes must land even when ctx is what ended the build.
 	bg := context.WithoutCancel(ctx)
 	status, errMsg := db.StatusFailed, ""
+	slot := false
 	defer func() {
 		if p := recover(); p != nil {
 			o.log.Error("build panicked", "repository", b.Repository, "build", b.ID, "panic", p)
@@ -36,6 +37,11 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 			o.log.Error("record build end", "build", b.ID, "err", err)
 		}
 		b.Status, b.Error, b.FinishedAt = status, errMsg, &now
+		// Free the slot only now that the end is recorded, so no one sees
+		// more than MaxParallel builds running.
+		if slot {
+			<-o.slots
+		}
 		o.mu.Lock()
 		delete(o.running, b.ID)
 		o.mu.Unlock()
@@ -48,7 +54,7 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 	// Wait for a slot; a cancel or shutdown while queued ends the build here.
 	select {
 	case o.slots <- struct{}{}:
-		defer func() { <-o.slots }()
+		slot = true
 	case <-ctx.Done():
 		status, errMsg = o.ended(ctx, lg)
 		return

@@ -47,15 +47,16 @@ func SpecStatus(repo string, b *db.Build) Status {
 	if b == nil {
 		return s
 	}
+	// A build that never left the queue (cancelled or interrupted there)
+	// has no start: it reports its creation, before and after it ends.
+	s.LastStart = isoTime(b.StartedAt)
+	if s.LastStart == nil {
+		s.LastStart = isoTime(&b.CreatedAt)
+	}
 	if b.Active() {
 		s.IsRunning = true
-		s.LastStart = isoTime(b.StartedAt)
-		if s.LastStart == nil {
-			s.LastStart = isoTime(&b.CreatedAt)
-		}
 		return s
 	}
-	s.LastStart = isoTime(b.StartedAt)
 	s.LastFinish = isoTime(b.FinishedAt)
 	st := db.StatusFailed
 	if b.Status == db.StatusSuccess {
