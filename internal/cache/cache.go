@@ -29,7 +29,7 @@ const (
 type Config struct {
 	Store    *nixstore.Store
 	Keys     []*signing.SecretKey // every narinfo is signed by each key
-	Priority int
+	Priority int // 0 means the default, 40
 	// Compression is CompressionZstd (default) or CompressionNone.
 	Compression string
 	// NarinfoCacheSize bounds the number of rendered narinfos kept in memory.
@@ -75,6 +75,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NarinfoCacheSize <= 0 {
 		cfg.NarinfoCacheSize = 100_000
 	}
+	if cfg.Priority == 0 {
+		cfg.Priority = 40 // Harmonia's and the spec's default
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -102,8 +105,24 @@ func New(cfg Config) (*Server, error) {
 	s.mux.Handle("GET /health", s.instrument("health", s.serveHealth))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	// net/http patterns cannot match "/{hash}.narinfo": route every top-level
-	// file and dispatch on the suffix.
-	s.mux.Handle("GET /{file}", s.instrument("file", s.serveTopLevel))
+	// file and dispatch on the suffix, each kind with its own metrics.
+	narinfoH := s.instrument("narinfo", func(w http.ResponseWriter, r *http.Request) {
+		s.serveNarinfo(w, r, strings.TrimSuffix(r.PathValue("file"), ".narinfo"))
+	})
+	lsH := s.instrument("ls", func(w http.ResponseWriter, r *http.Request) {
+		s.serveListing(w, r, strings.TrimSuffix(r.PathValue("file"), ".ls"))
+	})
+	otherH := s.instrument("other", func(w http.ResponseWriter, r *http.Request) { notFound(w) })
+	s.mux.HandleFunc("GET /{file}", func(w http.ResponseWriter, r *http.Request) {
+		switch file := r.PathValue("file"); {
+		case strings.HasSuffix(file, ".narinfo"):
+			narinfoH.ServeHTTP(w, r)
+		case strings.HasSuffix(file, ".ls"):
+			lsH.ServeHTTP(w, r)
+		default:
+			otherH.ServeHTTP(w, r)
+		}
+	})
 	return s, nil
 }
 
@@ -139,18 +158,6 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprint(w, `{"status":"healthy"}`+"\n")
-}
-
-func (s *Server) serveTopLevel(w http.ResponseWriter, r *http.Request) {
-	file := r.PathValue("file")
-	switch {
-	case strings.HasSuffix(file, ".narinfo"):
-		s.serveNarinfo(w, r, strings.TrimSuffix(file, ".narinfo"))
-	case strings.HasSuffix(file, ".ls"):
-		s.serveListing(w, r, strings.TrimSuffix(file, ".ls"))
-	default:
-		notFound(w)
-	}
 }
 
 // notFound answers 404 and tells caches not to keep it: the path may be

@@ -46,7 +46,12 @@ func (s *Server) serveNar(w http.ResponseWriter, r *http.Request) {
 	storeHash, narHash := stem, ""
 	if q := r.URL.Query().Get("hash"); q != "" {
 		storeHash, narHash = q, stem
-		if _, err := nixbase32.Decode(narHash); len(narHash) != 52 || err != nil {
+		// Length first: nixbase32.Decode panics on some non-canonical lengths.
+		if len(narHash) != 52 {
+			notFound(w)
+			return
+		}
+		if _, err := nixbase32.Decode(narHash); err != nil {
 			notFound(w)
 			return
 		}

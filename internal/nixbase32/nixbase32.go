@@ -47,6 +47,11 @@ var decodeMap = func() (m [256]int8) {
 
 // Decode parses a Nix base-32 string.
 func Decode(s string) ([]byte, error) {
+	// Only lengths that some byte count encodes to are valid; others
+	// would index past the end below.
+	if EncodedLen(DecodedLen(len(s))) != len(s) {
+		return nil, fmt.Errorf("nixbase32: invalid length %d", len(s))
+	}
 	dst := make([]byte, DecodedLen(len(s)))
 	n := len(s)
 	for i := 0; i < n; i++ {

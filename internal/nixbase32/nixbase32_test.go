@@ -43,7 +43,8 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestDecodeErrors(t *testing.T) {
-	for _, s := range []string{"e", "0u", "zz"} {
+	// "1" and 51 characters are lengths no byte count encodes to.
+	for _, s := range []string{"e", "0u", "zz", "1", "1xmr8jicvzszfzpz46g37mlpvbzjl2wpwvl2b05psipssyp1sm8"} {
 		if _, err := Decode(s); err == nil {
 			t.Errorf("Decode(%q) succeeded, want error", s)
 		}

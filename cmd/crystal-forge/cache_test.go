@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/signing"
+)
+
+// TestCacheStartupErrors checks that a cache that cannot start says why
+// and how to fix it, with the right exit code. None of these cases reach
+// the Nix store, so they need no Nix.
+func TestCacheStartupErrors(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing-key")
+	corrupt := filepath.Join(dir, "corrupt-key")
+	if err := os.WriteFile(corrupt, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	valid := filepath.Join(dir, "valid-key")
+	k, err := signing.Generate("test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(valid, []byte(k.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "truncated-key")
+	if err := os.WriteFile(truncated, []byte("host:AAAA\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  []string // substrings of stderr
+	}{
+		{"missing key", []string{"cache", "--key-file", missing}, 1,
+			[]string{"does not exist", "crystal-forge keygen --key-file " + missing}},
+		{"corrupt key", []string{"cache", "--key-file", corrupt}, 1,
+			[]string{corrupt, "corrupt", "delete it", "crystal-forge keygen --key-file " + corrupt}},
+		{"truncated key", []string{"cache", "--key-file", truncated}, 1,
+			[]string{"corrupt", "delete it"}},
+		{"second key missing", []string{"cache", "--key-file", valid, "--key-file", missing}, 1,
+			[]string{"does not exist", "crystal-forge keygen --key-file " + missing}},
+		{"server, corrupt key", []string{"server", "--key-file", corrupt}, 1,
+			[]string{"corrupt", "delete it"}},
+		{"unknown flag", []string{"cache", "--no-such-flag"}, 2,
+			[]string{"flag provided but not defined: -no-such-flag"}},
+		{"bad flag value", []string{"cache", "--priority", "high"}, 2,
+			[]string{"invalid value"}},
+		{"extra argument", []string{"cache", "--key-file", missing, "extra"}, 2,
+			[]string{"unexpected arguments"}},
+		{"unknown command", []string{"cash"}, 2,
+			[]string{`unknown command "cash"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), tt.args, &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("run(%q) = %d, want %d\nstderr:\n%s", tt.args, code, tt.wantCode, &stderr)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr does not contain %q:\n%s", want, &stderr)
+				}
+			}
+		})
+	}
+	// A failed start must not create or rewrite key files.
+	if _, err := os.Stat(missing); err == nil {
+		t.Errorf("%s was created", missing)
+	}
+	if b, err := os.ReadFile(corrupt); err != nil || string(b) != "not a key\n" {
+		t.Errorf("%s changed: %q, %v", corrupt, b, err)
+	}
+}

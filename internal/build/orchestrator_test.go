@@ -1,0 +1,458 @@
+package build_test
+
+// Integration tests of the orchestrator: git repositories created by the
+// test, real nix builds, SQLite in a temporary data directory, observed
+// through the API and the files the orchestrator writes.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/build"
+	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+)
+
+func flakeRepo(t *testing.T, f ts.Flake) string {
+	t.Helper()
+	if f.System == "" {
+		f.System = config.DefaultSystem()
+	}
+	return ts.NewGitRepo(t, map[string]string{"flake.nix": f.Nix()})
+}
+
+func str(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
+}
+
+func readOutput(t *testing.T, r *db.Result) string {
+	t.Helper()
+	if r.Status != db.ResultSuccess || len(r.OutPaths) != 1 || !strings.HasPrefix(r.OutPaths[0], "/nix/store/") {
+		t.Fatalf("result %s = %+v, want success with one store path", r.Attr, r)
+	}
+	data, err := os.ReadFile(r.OutPaths[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func requireGCRoot(t *testing.T, link, target string) {
+	t.Helper()
+	if got, err := os.Readlink(link); err != nil || got != target {
+		t.Errorf("GC root %s -> %q (%v), want %s", link, got, err, target)
+	}
+}
+
+// requireFailedStatus checks the spec status of a repository whose last
+// build failed.
+func requireFailedStatus(t *testing.T, s *ts.BuildServer, repo, commit string) {
+	t.Helper()
+	st := s.SpecStatus(t, repo)
+	if st.IsRunning || str(st.LastStatus) != "failed" || st.LastStart == nil || st.LastFinish == nil {
+		t.Errorf("status of %s = running %v, last_status %s, start %s, finish %s; want failed",
+			repo, st.IsRunning, str(st.LastStatus), str(st.LastStart), str(st.LastFinish))
+	}
+	if commit == "" && st.LastCommit != nil || commit != "" && str(st.LastCommit) != commit {
+		t.Errorf("last_commit of %s = %s, want %q", repo, str(st.LastCommit), commit)
+	}
+}
+
+// TestHomeManagerModules: a flake with homeManagerModules gets a test home
+// configuration built with home-manager (here a local stand-in) and the
+// flake's default module.
+func TestHomeManagerModules(t *testing.T) {
+	t.Parallel()
+	nonce := ts.Nonce()
+	hmFlake, nixPath := ts.HomeManagerFixture(t, nonce)
+	src := flakeRepo(t, ts.Flake{Nonce: nonce, Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)}, HomeManagerModule: true})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories:     []config.Repository{ts.MainBranchRepo("dotfiles", src)},
+		HomeManagerFlake: hmFlake,
+		NixPath:          nixPath,
+	})
+	b := s.WaitFinished(t, s.Trigger(t, "dotfiles"))
+	log := s.Log(t, b.ID)
+	if b.Status != db.StatusSuccess || len(b.Results) != 2 {
+		t.Fatalf("build = %+v with %d results, want success with tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
+	}
+	tool, hm := b.Results[0], b.Results[1]
+	if tool.Attr != "tool" || tool.Kind != "package" || hm.Kind != "home-manager" || hm.Attr != "homeManagerConfiguration" {
+		t.Fatalf("results = %+v, %+v", tool, hm)
+	}
+	readOutput(t, tool)
+	out := readOutput(t, hm)
+	// Two modules: the test home and the flake's default module, which
+	// the stand-in applied.
+	if !strings.HasPrefix(out, "modules: 2\n") || !strings.Contains(out, `"username":"test"`) || !strings.Contains(out, `"marker":"`+nonce+`"`) {
+		t.Errorf("activation package holds %q, want 2 modules: the test home and the flake's", out)
+	}
+	requireGCRoot(t, filepath.Join(s.DataDir, "gcroots", "dotfiles", "home-manager"), hm.OutPaths[0])
+	ts.RequireLogInOrder(t, log,
+		"Successfully built package tool",
+		"Found homeManagerModules, building test home configuration...",
+		"Successfully built home-manager configuration",
+		"Build complete. All dependencies cached.",
+	)
+}
+
+// TestLegacyBuild: a repository without flake.nix is built with nix-build
+// of default.nix; a failing default.nix fails the build.
+func TestLegacyBuild(t *testing.T) {
+	t.Parallel()
+	nonce := ts.Nonce()
+	good := ts.NewGitRepo(t, map[string]string{"default.nix": ts.LegacyDefaultNix(nonce, `echo "legacy $nonce" > $out`)})
+	bad := ts.NewGitRepo(t, map[string]string{"default.nix": ts.LegacyDefaultNix(nonce, `echo "legacy build fails on purpose"; exit 1`)})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("legacy-ok", good), ts.MainBranchRepo("legacy-bad", bad)},
+		MaxParallel:  2,
+	})
+	okID, badID := s.Trigger(t, "legacy-ok"), s.Trigger(t, "legacy-bad")
+
+	b := s.WaitFinished(t, okID)
+	log := s.Log(t, okID)
+	short := ts.ShortHead(t, good)
+	if b.Status != db.StatusSuccess || len(b.Results) != 1 {
+		t.Fatalf("legacy build = %+v with %d results; log:\n%s", b.Build, len(b.Results), log)
+	}
+	r := b.Results[0]
+	if r.Kind != "legacy" || r.Attr != "default.nix" {
+		t.Errorf("result = %+v, want kind legacy", r)
+	}
+	if out := readOutput(t, r); out != "legacy "+nonce+"\n" {
+		t.Errorf("output holds %q", out)
+	}
+	requireGCRoot(t, filepath.Join(s.DataDir, "gcroots", "legacy-ok", "result"), r.OutPaths[0])
+	ts.RequireLogInOrder(t, log,
+		"Starting build for legacy-ok",
+		"Cloning repository...",
+		"Building commit "+short,
+		"No flake.nix found, will attempt default.nix",
+		"Build complete. All dependencies cached.",
+		"Build finished successfully for commit "+short,
+	)
+	if strings.Contains(log, "Updating flake inputs...") {
+		t.Errorf("legacy build updated flake inputs:\n%s", log)
+	}
+	if st := s.SpecStatus(t, "legacy-ok"); str(st.LastStatus) != "success" || str(st.LastCommit) != short {
+		t.Errorf("status = %s at %s, want success at %s", str(st.LastStatus), str(st.LastCommit), short)
+	}
+
+	b = s.WaitFinished(t, badID)
+	log = s.Log(t, badID)
+	badShort := ts.ShortHead(t, bad)
+	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "nix-build") || b.ShortCommit != badShort {
+		t.Errorf("failing legacy build = %+v; log:\n%s", b.Build, log)
+	}
+	if len(b.Results) != 1 || b.Results[0].Kind != "legacy" || b.Results[0].Status != db.ResultFailed {
+		t.Errorf("results = %+v, want one failed legacy result", b.Results)
+	}
+	ts.RequireLogInOrder(t, log, "No flake.nix found, will attempt default.nix")
+	if !strings.Contains(log, "legacy build fails on purpose") || !strings.Contains(log, "Error: nix-build failed") || strings.Contains(log, "Build finished successfully") {
+		t.Errorf("log of the failing legacy build:\n%s", log)
+	}
+	requireFailedStatus(t, s, "legacy-bad", badShort)
+}
+
+// TestUnreachableRepository: a clone that fails ends the build "failed"
+// with git's reason in the log, and leaves nothing running or half-cloned.
+func TestUnreachableRepository(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "missing")
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{
+			ts.MainBranchRepo("missing-path", missing),
+			ts.MainBranchRepo("missing-url", "file:///nonexistent-"+ts.Nonce()),
+		},
+		MaxParallel: 2,
+	})
+	for _, repo := range []string{"missing-path", "missing-url"} {
+		id := s.Trigger(t, repo)
+		b := s.WaitFinished(t, id)
+		log := s.Log(t, id)
+		if b.Status != db.StatusFailed || !strings.Contains(b.Error, "clone") || b.Commit != "" {
+			t.Errorf("%s: build = %+v; log:\n%s", repo, b.Build, log)
+		}
+		ts.RequireLogInOrder(t, log, "Starting build for "+repo, "Cloning repository...")
+		if !strings.Contains(log, "Error: failed to clone") || !strings.Contains(log, "fatal:") {
+			t.Errorf("%s: the log does not say why the clone failed:\n%s", repo, log)
+		}
+		requireFailedStatus(t, s, repo, "")
+		if _, err := os.Stat(filepath.Join(s.DataDir, "builds", repo)); !os.IsNotExist(err) {
+			t.Errorf("%s: a clone directory is left behind (%v)", repo, err)
+		}
+		// Nothing is stuck: the next trigger starts a new build.
+		if next := s.Trigger(t, repo); next == id {
+			t.Errorf("%s: trigger after the failure returned the failed build", repo)
+		} else if b := s.WaitFinished(t, next); b.Status != db.StatusFailed {
+			t.Errorf("%s: second build = %+v", repo, b.Build)
+		}
+	}
+}
+
+// TestTimeout: a build running past the timeout is stopped and failed.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	blocker := ts.NewBlocker(t, "block")
+	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{blocker.Package()}})
+	const timeout = 3 * time.Second
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}, Timeout: timeout})
+	b := s.WaitFinished(t, s.Trigger(t, "app"))
+	log := s.Log(t, b.ID)
+	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "timed out") {
+		t.Fatalf("build = %+v, want failed with timed out; log:\n%s", b.Build, log)
+	}
+	if !strings.Contains(log, "Build failed: timed out after "+timeout.String()) || strings.Contains(log, "Build finished successfully") {
+		t.Errorf("log of the timed-out build:\n%s", log)
+	}
+	// On a very slow machine the timeout could hit before the commit is
+	// known; normally it is, and the builder has started and is killed.
+	if b.ShortCommit != "" && b.ShortCommit != ts.ShortHead(t, src) {
+		t.Errorf("build of commit %s, want %s", b.ShortCommit, ts.ShortHead(t, src))
+	}
+	requireFailedStatus(t, s, "app", b.ShortCommit)
+	if blocker.Started() {
+		pid := blocker.WaitStarted(t)
+		ts.WaitUntil(t, "the timed-out builder to exit", func() bool { return !ts.ProcessAlive(pid) })
+	}
+}
+
+func listBuilds(t *testing.T, s *ts.BuildServer, repo string) []*db.Build {
+	t.Helper()
+	var builds []*db.Build
+	s.JSON(t, "GET", "/api/v1/repositories/"+repo+"/builds", http.StatusOK, &builds)
+	return builds
+}
+
+// TestPolling: the poller builds a branch it has not built, and then each
+// new commit, with reason "poll".
+func TestPolling(t *testing.T) {
+	t.Parallel()
+	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
+	head1 := ts.Head(t, src)
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}, PollInterval: time.Second})
+
+	var builds []*db.Build
+	ts.WaitUntil(t, "the first poll to build", func() bool {
+		builds = listBuilds(t, s, "app")
+		return len(builds) > 0
+	})
+	b1 := s.WaitFinished(t, builds[0].ID)
+	if b1.Status != db.StatusSuccess || b1.Reason != "poll" || b1.Commit != head1 {
+		t.Fatalf("first build = %+v, want a successful poll build of %s", b1.Build, head1)
+	}
+
+	head2 := ts.Commit(t, src, map[string]string{"flake.nix": ts.Flake{System: config.DefaultSystem(), Nonce: ts.Nonce(),
+		Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}}.Nix()})
+	ts.WaitUntil(t, "a poll build of the new commit", func() bool {
+		builds = listBuilds(t, s, "app")
+		return builds[0].ID != b1.ID
+	})
+	b2 := s.WaitFinished(t, builds[0].ID)
+	if b2.Status != db.StatusSuccess || b2.Reason != "poll" || b2.Commit != head2 {
+		t.Fatalf("second build = %+v, want a successful poll build of %s", b2.Build, head2)
+	}
+	if builds = listBuilds(t, s, "app"); len(builds) != 2 {
+		t.Errorf("%d builds, want 2 (one per commit)", len(builds))
+	}
+}
+
+// TestRecovery: builds a dead server left queued or running are failed as
+// "interrupted" when the next server starts, and say so in their logs.
+func TestRecovery(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
+	ctx := t.Context()
+
+	// The server that dies: its database and orchestrator, a running build
+	// of app with a log, and a queued build of other.
+	database, err := db.Open(ctx, filepath.Join(dataDir, "crystal-forge.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repos := []config.Repository{ts.MainBranchRepo("app", src), ts.MainBranchRepo("other", src)}
+	if _, err := build.New(build.Config{DataDir: dataDir, Repositories: repos, DB: database}); err != nil {
+		t.Fatal(err)
+	}
+	logDir := filepath.Join(dataDir, "logs", "app")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	running, _, err := database.CreateBuild(ctx, "app", "api", logDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := database.StartBuild(ctx, running.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(running.LogPath, []byte("Starting build for app\nCloning repository...\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(running.LogPath, filepath.Join(dataDir, "logs", "app.log")); err != nil {
+		t.Fatal(err)
+	}
+	queued, _, err := database.CreateBuild(ctx, "other", "poll", filepath.Join(dataDir, "logs", "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	database.Close()
+
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
+	interrupted := fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", running.ID)
+	b := s.Build(t, running.ID)
+	if b.Status != db.StatusFailed || b.Error != "interrupted" || b.FinishedAt == nil {
+		t.Errorf("interrupted build = %+v", b.Build)
+	}
+	if log := s.Log(t, running.ID); log != "Starting build for app\nCloning repository...\n"+interrupted+"\n" {
+		t.Errorf("log of the interrupted build:\n%s", log)
+	}
+	var logs struct{ Logs []string }
+	s.JSON(t, "GET", "/build/logs/app?lines=1", http.StatusOK, &logs)
+	if len(logs.Logs) != 1 || logs.Logs[0] != interrupted {
+		t.Errorf("/build/logs/app?lines=1 = %q, want %q", logs.Logs, interrupted)
+	}
+	requireFailedStatus(t, s, "app", "")
+	var file build.Status
+	data, err := os.ReadFile(filepath.Join(dataDir, "status", "app.json"))
+	if err == nil {
+		err = json.Unmarshal(data, &file)
+	}
+	if err != nil || !reflect.DeepEqual(file, s.SpecStatus(t, "app")) {
+		t.Errorf("status file %s (%v), want /build/status", data, err)
+	}
+	if q := s.Build(t, queued.ID); q.Status != db.StatusFailed || q.Error != "interrupted" {
+		t.Errorf("interrupted queued build = %+v", q.Build)
+	}
+	requireFailedStatus(t, s, "other", "")
+
+	// The repository builds again.
+	next := s.WaitFinished(t, s.Trigger(t, "app"))
+	if next.Status != db.StatusSuccess {
+		t.Errorf("build after recovery = %+v; log:\n%s", next.Build, s.Log(t, next.ID))
+	}
+}
+
+// TestParallelLimit: with MaxParallel 2, of three builds two run and the
+// third waits queued until one of them ends.
+func TestParallelLimit(t *testing.T) {
+	t.Parallel()
+	names := []string{"r1", "r2", "r3"}
+	blockers := map[string]*ts.Blocker{}
+	var repos []config.Repository
+	for _, name := range names {
+		blockers[name] = ts.NewBlocker(t, "block")
+		repos = append(repos, ts.MainBranchRepo(name, flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{blockers[name].Package()}})))
+	}
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: repos, MaxParallel: 2})
+
+	ids := map[string]int64{}
+	for _, name := range names {
+		ids[name] = s.Trigger(t, name)
+	}
+
+	// Watch the recorded states for the whole test: never more than two
+	// builds running.
+	ctx, stop := context.WithCancel(t.Context())
+	var (
+		mu         sync.Mutex
+		maxRunning int
+		sampleErr  error
+		watching   sync.WaitGroup
+	)
+	watching.Go(func() {
+		for ctx.Err() == nil {
+			n := 0
+			for _, id := range ids {
+				b, err := s.DB.Build(ctx, id)
+				if err != nil {
+					if ctx.Err() == nil {
+						mu.Lock()
+						sampleErr = err
+						mu.Unlock()
+					}
+					return
+				}
+				if b.Status == db.StatusRunning {
+					n++
+				}
+			}
+			mu.Lock()
+			maxRunning = max(maxRunning, n)
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	defer func() { stop(); watching.Wait() }()
+
+	started := func() (in, out []string) {
+		for _, name := range names {
+			if blockers[name].Started() {
+				in = append(in, name)
+			} else {
+				out = append(out, name)
+			}
+		}
+		return in, out
+	}
+	ts.WaitUntil(t, "two builders to start", func() bool {
+		in, _ := started()
+		return len(in) >= 2
+	})
+	in, out := started()
+	if len(in) != 2 {
+		t.Fatalf("builders started: %v, want 2 of 3", in)
+	}
+	waiting := out[0]
+	if b := s.Build(t, ids[waiting]); b.Status != db.StatusQueued || b.StartedAt != nil {
+		t.Errorf("third build while two run = %+v, want queued", b.Build)
+	}
+	if st := s.SpecStatus(t, waiting); !st.IsRunning || st.LastStatus != nil {
+		t.Errorf("spec status of the queued build: running %v, last_status %s; want running (queued counts)", st.IsRunning, str(st.LastStatus))
+	}
+
+	// One ends: the third starts.
+	blockers[in[0]].Release(t)
+	if b := s.WaitFinished(t, ids[in[0]]); b.Status != db.StatusSuccess {
+		t.Fatalf("released build = %+v", b.Build)
+	}
+	blockers[waiting].WaitStarted(t)
+	if b := s.Build(t, ids[in[1]]); b.Status != db.StatusRunning {
+		t.Errorf("build of %s = %s, want still running", in[1], b.Status)
+	}
+
+	for _, name := range []string{in[1], waiting} {
+		blockers[name].Release(t)
+	}
+	for _, name := range names {
+		if b := s.WaitFinished(t, ids[name]); b.Status != db.StatusSuccess {
+			t.Errorf("build of %s = %+v", name, b.Build)
+		}
+	}
+	stop()
+	watching.Wait()
+	if sampleErr != nil {
+		t.Fatal(sampleErr)
+	}
+	if maxRunning != 2 {
+		t.Errorf("at most %d builds were seen running at once, want 2", maxRunning)
+	}
+	// The queued build started only after the first one had ended.
+	first, third := s.Build(t, ids[in[0]]), s.Build(t, ids[waiting])
+	if third.StartedAt.Before(*first.FinishedAt) {
+		t.Errorf("build of %s started at %s, before the build of %s ended at %s", waiting, third.StartedAt, in[0], first.FinishedAt)
+	}
+}
