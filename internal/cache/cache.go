@@ -29,7 +29,7 @@ const (
 type Config struct {
 	Store    *nixstore.Store
 	Keys     []*signing.SecretKey // every narinfo is signed by each key
-	Priority int // 0 means the default, 40
+	Priority int                  // 0 means the default, 40
 	// Compression is CompressionZstd (default) or CompressionNone.
 	Compression string
 	// NarinfoCacheSize bounds the number of rendered narinfos kept in memory.

@@ -108,6 +108,9 @@ function selectBuild(repo, id) {
   if (logSource) logSource.close();
   // The log streams line by line while the build runs; "end" closes it.
   logSource = new EventSource(`/api/v1/builds/${id}/log?follow=1`);
+  // Every connection streams the log from its start, so when the browser
+  // reconnects (the server restarted) start over instead of appending it twice.
+  logSource.onopen = () => { log.textContent = ""; };
   logSource.addEventListener("line", (e) => {
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     log.append(e.data + "\n");
