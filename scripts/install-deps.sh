@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the programs the tests and benchmarks drive for real: Nix (the
-# client and builder), git, xz, wrk, nginx, hyperfine, Chromium. Only what is
+# client and builder), git, xz, Chromium; for benchmarks wrk, nginx, hyperfine. Only what is
 # missing is installed; apt-get runs only when something is.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ need git git
 need xz xz-utils
 need sqlite3 sqlite3
 need curl curl
+need chromium chromium
 if [ "${1:-}" = bench ]; then
 	need wrk wrk
 	need nginx nginx-light
