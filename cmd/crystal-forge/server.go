@@ -19,6 +19,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/demo"
+	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
@@ -121,10 +122,29 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return err
 	}
+	fleetSvc := fleet.New(fleet.Config{
+		DB:           database,
+		Store:        st,
+		Key:          key.Key,
+		Enrolment:    cfg.FleetEnrolment,
+		Repositories: orch.Repositories(),
+		Logger:       log,
+	})
+	for _, h := range cfg.Hosts {
+		policy := h.Policy
+		if policy == "" {
+			policy = db.PolicyManual
+		}
+		if err := database.UpsertHost(ctx, &db.Host{Name: h.Name, PublicKey: h.PublicKey, Policy: policy, Target: h.Target, Repository: h.Repository, Configuration: h.Configuration}); err != nil {
+			return err
+		}
+	}
+
 	var cacheUp atomic.Bool
 	apiSrv := api.New(api.Config{
 		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()},
 		Orchestrator:  orch,
+		Fleet:         fleetSvc,
 		EnableWebUI:   cfg.EnableWebUI,
 		CacheRunning:  cacheUp.Load,
 		WebhookSecret: cfg.WebhookSecret,

@@ -16,6 +16,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/fleet"
 )
 
 // Info is what /info reports about the server.
@@ -33,6 +34,8 @@ type Config struct {
 	EnableWebUI  bool
 	// CacheRunning reports whether the binary cache is serving.
 	CacheRunning func() bool
+	// Fleet handles heartbeats and hosts; nil leaves the fleet API out.
+	Fleet *fleet.Service
 	// WebhookSecret is the default secret for push webhooks.
 	WebhookSecret string
 	Logger        *slog.Logger
@@ -78,6 +81,9 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/events", s.events)
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
 	m.Handle("GET /static/", staticHandler())
+	if cfg.Fleet != nil {
+		s.registerFleet()
+	}
 	return s
 }
 

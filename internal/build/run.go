@@ -14,6 +14,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/git"
+	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 )
 
 // execute runs one build from queue to recorded end. Whatever happens —
@@ -208,11 +209,11 @@ func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repo
 	for _, pkg := range pkgs {
 		if !attrRE.MatchString(pkg) {
 			lg.Line("Skipping package %q: unsupported attribute name", pkg)
-			o.skipResult(ctx, rn, pkg, "package")
+			o.endedResult(ctx, rn, pkg, "package", db.ResultSkipped, "unsupported attribute name")
 			continue
 		}
 		lg.Line("Building package %s...", pkg)
-		err := o.buildAttr(ctx, rn, pkg, "package", repoDir, filepath.Join(gcroots, pkg), ".#"+pkg)
+		err := o.buildAttr(ctx, rn, pkg, "package", repoDir, filepath.Join(gcroots, pkg), "", ".#"+pkg)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -223,6 +224,10 @@ func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repo
 		}
 	}
 
+	if err := o.nixosBuilds(ctx, rn, show, repoDir, gcroots); err != nil {
+		return err
+	}
+
 	if len(show.HomeManagerModules) > 0 && string(show.HomeManagerModules) != "null" {
 		lg.Line("Found homeManagerModules, building test home configuration...")
 		homeFile := filepath.Join(o.cfg.DataDir, "tmp", "test-home-"+repo.Name+".nix")
@@ -230,7 +235,7 @@ func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repo
 			return fmt.Errorf("write test home configuration: %w", err)
 		}
 		expr := homeManagerExpr(o.cfg.HomeManagerFlake, repoDir, homeFile)
-		err := o.buildAttr(ctx, rn, "homeManagerConfiguration", "home-manager", repoDir, filepath.Join(gcroots, "home-manager"), "--impure", "--expr", expr)
+		err := o.buildAttr(ctx, rn, "homeManagerConfiguration", "home-manager", repoDir, filepath.Join(gcroots, "home-manager"), "", "--impure", "--expr", expr)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -275,8 +280,10 @@ func nixString(s string) string {
 	return `"` + r.Replace(s) + `"`
 }
 
-// buildAttr builds one installable and records its result.
-func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, outLink string, installable ...string) error {
+// buildAttr builds one installable and records its result. When wantDrv is
+// set, a build whose derivation differs from it fails: what was built must
+// be what was evaluated.
+func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, outLink, wantDrv string, installable ...string) error {
 	bg := context.WithoutCancel(ctx)
 	rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now())
 	if err != nil {
@@ -293,6 +300,10 @@ func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, 
 		}
 	}
 	sort.Strings(outs)
+	if err == nil && wantDrv != "" && drv != wantDrv {
+		err = fmt.Errorf("built %s, but evaluation gave %s", drv, wantDrv)
+		rn.log.Line("Error: derivation of %s changed between evaluation and build: %v", attr, err)
+	}
 	if err != nil {
 		status, errMsg = db.ResultFailed, err.Error()
 	}
@@ -301,13 +312,6 @@ func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, 
 	}
 	o.publish(rn.build)
 	return err
-}
-
-func (o *Orchestrator) skipResult(ctx context.Context, rn *run, attr, kind string) {
-	bg := context.WithoutCancel(ctx)
-	if rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now()); err == nil {
-		o.db.FinishResult(bg, rid, db.ResultSkipped, "", nil, "unsupported attribute name", time.Now())
-	}
 }
 
 // legacyBuild is strategy B: nix-build of default.nix. Nix 2.x's nix-build
@@ -346,4 +350,56 @@ func (o *Orchestrator) legacyBuild(ctx context.Context, rn *run, repoDir, gcroot
 		return fmt.Errorf("nix-build: %w", berr)
 	}
 	return nil
+}
+
+// nixosBuilds evaluates (a dry run: the derivation path only) and then
+// builds each nixosConfigurations.<name>.config.system.build.toplevel, so
+// the fleet can hand hosts a verified, built and cached system.
+func (o *Orchestrator) nixosBuilds(ctx context.Context, rn *run, show *nixcli.FlakeShow, repoDir, gcroots string) error {
+	lg := rn.log
+	names := make([]string, 0, len(show.NixosConfigurations))
+	for name := range show.NixosConfigurations {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if !attrRE.MatchString(name) {
+			lg.Line("Skipping nixosConfigurations %q: unsupported attribute name", name)
+			o.endedResult(ctx, rn, name, "nixos", db.ResultSkipped, "unsupported attribute name")
+			continue
+		}
+		attr := ".#nixosConfigurations." + name + ".config.system.build.toplevel"
+		lg.Line("Evaluating nixosConfigurations.%s...", name)
+		out, err := o.nix.Output(ctx, repoDir, lg, "eval", "--raw", attr+".drvPath")
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lg.Line("Failed to evaluate nixosConfigurations.%s", name)
+			o.endedResult(ctx, rn, name, "nixos", db.ResultFailed, "evaluation failed: "+err.Error())
+			continue
+		}
+		drv := strings.TrimSpace(string(out))
+		lg.Line("Evaluated nixosConfigurations.%s: %s", name, drv)
+		lg.Line("Building nixosConfigurations.%s...", name)
+		err = o.buildAttr(ctx, rn, name, "nixos", repoDir, filepath.Join(gcroots, "nixos-"+name), drv, attr)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lg.Line("Failed to build nixosConfigurations.%s", name)
+		} else {
+			lg.Line("Successfully built nixosConfigurations.%s", name)
+		}
+	}
+	return nil
+}
+
+// endedResult records an attribute that ended before any build of it:
+// skipped, or failed at evaluation.
+func (o *Orchestrator) endedResult(ctx context.Context, rn *run, attr, kind, status, errMsg string) {
+	bg := context.WithoutCancel(ctx)
+	if rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now()); err == nil {
+		o.db.FinishResult(bg, rid, status, "", nil, errMsg, time.Now())
+	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
 // Repository is one git repository the server builds.
@@ -56,6 +58,23 @@ type Config struct {
 	NixPath string `toml:"nix_path"`
 
 	Repositories []Repository `toml:"repositories"`
+
+	// FleetEnrolment is what happens when an unknown host heartbeats:
+	// "pending" (recorded, awaiting an admin's approval) or "closed".
+	FleetEnrolment string `toml:"fleet_enrolment"`
+	// Hosts are pre-registered fleet hosts, approved; the file is their
+	// source of truth (re-applied at every start).
+	Hosts []Host `toml:"hosts"`
+}
+
+// Host is a fleet host declared in the configuration.
+type Host struct {
+	Name          string `toml:"name"`
+	PublicKey     string `toml:"public_key"`
+	Policy        string `toml:"policy"` // manual (default), pinned, auto
+	Target        string `toml:"target"`
+	Repository    string `toml:"repository"`
+	Configuration string `toml:"configuration"`
 }
 
 // Duration is a time.Duration written as "90s", "5m", "2h" in TOML.
@@ -93,6 +112,7 @@ func Default() Config {
 		PollInterval:      Duration{5 * time.Minute},
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
+		FleetEnrolment:    "pending",
 	}
 }
 
@@ -231,8 +251,41 @@ func (c *Config) Validate() error {
 			bad(key+".branch", "%q is not a branch name", r.Branch)
 		}
 	}
+	switch c.FleetEnrolment {
+	case "pending", "closed":
+	default:
+		bad("fleet_enrolment", "%q: want pending or closed", c.FleetEnrolment)
+	}
+	seenHost := map[string]bool{}
+	for i, h := range c.Hosts {
+		key := fmt.Sprintf("hosts[%d]", i)
+		if !hostRE.MatchString(h.Name) {
+			bad(key+".name", "%q is not a host name", h.Name)
+		} else if seenHost[h.Name] {
+			bad(key+".name", "%q is used twice", h.Name)
+		}
+		seenHost[h.Name] = true
+		if _, err := signing.ParsePublicKey(h.PublicKey); err != nil {
+			bad(key+".public_key", "%v", err)
+		}
+		switch h.Policy {
+		case "", "manual":
+		case "pinned":
+			if h.Target == "" {
+				bad(key+".target", "a pinned host needs a target store path")
+			}
+		case "auto":
+			if _, ok := c.Repository(h.Repository); !ok {
+				bad(key+".repository", "%q is not a configured repository", h.Repository)
+			}
+		default:
+			bad(key+".policy", "%q: want manual, pinned or auto", h.Policy)
+		}
+	}
 	return errors.Join(errs...)
 }
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
 
 // validURL accepts what git clones: URLs with a scheme, scp-like
 // user@host:path, and absolute local paths. Never anything git could take

@@ -1,0 +1,261 @@
+// Package fleet is the server side of fleet management: it authenticates
+// agents' heartbeats, records what each host runs, decides what it should
+// run (its policy), verifies that target before handing it out, and keeps
+// the history and the audit log.
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
+	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/signing"
+)
+
+// Enrolment modes for hosts the server has never seen.
+const (
+	EnrolPending = "pending" // first contact creates a pending host an admin approves
+	EnrolClosed  = "closed"  // only pre-registered hosts
+)
+
+// Config configures a Service.
+type Config struct {
+	DB        *db.DB
+	Store     *nixstore.Store    // what the cache serves: targets must be in it
+	Key       *signing.SecretKey // signs replies (the cache key: agents already trust it)
+	Enrolment string
+	// Repositories are the names auto policies may follow.
+	Repositories []string
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Service handles heartbeats and admin actions.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Enrolment == "" {
+		cfg.Enrolment = EnrolPending
+	}
+	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+}
+
+// hostRE: host names as NixOS allows them (networking.hostName).
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+
+// ValidHostName reports whether s can name a host.
+func ValidHostName(s string) bool { return hostRE.MatchString(s) }
+
+// Rejection is a heartbeat the server refuses, with the status to answer.
+type Rejection struct {
+	Code    int
+	Detail  string
+	Pending bool
+}
+
+func (r *Rejection) Error() string { return r.Detail }
+
+func reject(code int, format string, args ...any) *Rejection {
+	return &Rejection{Code: code, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Heartbeat authenticates and records one heartbeat and returns the signed
+// reply body and its headers. A refused heartbeat is a *Rejection.
+func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, remote string) ([]byte, http.Header, error) {
+	now := s.now()
+	pk, err := fleetproto.HeartbeatKey(h)
+	if err != nil {
+		return nil, nil, reject(http.StatusUnauthorized, "heartbeat is not signed")
+	}
+	if err := fleetproto.VerifyHeartbeat(h, body, pk); err != nil {
+		return nil, nil, reject(http.StatusUnauthorized, "heartbeat signature does not verify")
+	}
+	var hb fleetproto.Heartbeat
+	if err := json.Unmarshal(body, &hb); err != nil {
+		return nil, nil, reject(http.StatusBadRequest, "malformed heartbeat: %v", err)
+	}
+	if !ValidHostName(hb.Host) {
+		return nil, nil, reject(http.StatusBadRequest, "invalid host name %q", hb.Host)
+	}
+	storeDir := s.cfg.Store.StoreDir()
+	if hb.Current != "" && !fleetproto.ValidStorePath(hb.Current, storeDir) {
+		return nil, nil, reject(http.StatusBadRequest, "current system %q is not a store path", hb.Current)
+	}
+	if hb.Nonce == "" || len(hb.Nonce) > 128 {
+		return nil, nil, reject(http.StatusBadRequest, "missing or oversized nonce")
+	}
+	if err := fleetproto.CheckFresh(hb.Timestamp, now); err != nil {
+		return nil, nil, reject(http.StatusUnauthorized, "stale heartbeat: %v", err)
+	}
+
+	host, err := s.cfg.DB.Host(ctx, hb.Host)
+	if errors.Is(err, db.ErrNotFound) {
+		return nil, nil, s.enrol(ctx, hb, pk, remote)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if host.PublicKey != pk.String() {
+		s.log.Warn("heartbeat signed by a key the host is not registered with", "host", hb.Host, "remote", remote)
+		return nil, nil, reject(http.StatusUnauthorized, "key not registered for host %s", hb.Host)
+	}
+	if host.Status != db.HostApproved {
+		s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
+		return nil, nil, &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
+	}
+
+	facts, _ := json.Marshal(hb.Facts)
+	before, err := s.cfg.DB.RecordBeat(ctx, db.Beat{
+		Host: hb.Host, Current: hb.Current, Fingerprint: hb.Fingerprint, Facts: string(facts),
+		Agent: hb.Agent, Remote: remote, TS: hb.Timestamp.UnixMilli(), At: now,
+	})
+	if errors.Is(err, db.ErrReplay) {
+		return nil, nil, reject(http.StatusConflict, "replayed heartbeat: not newer than the last one accepted")
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if before.Fingerprint != "" && before.Fingerprint != hb.Fingerprint {
+		s.log.Warn("hardware fingerprint changed", "host", hb.Host, "old", before.Fingerprint, "new", hb.Fingerprint)
+		s.cfg.DB.AddHostEvent(ctx, hb.Host, "fingerprint-changed", fmt.Sprintf("%s → %s", before.Fingerprint, hb.Fingerprint), now)
+	}
+	if d := hb.Deployment; d != nil {
+		s.recordDeployment(ctx, hb.Host, d, now)
+	}
+
+	host.Current = hb.Current
+	t := s.desired(ctx, host)
+	drifting := t.target != "" && t.target != hb.Current
+	if err := s.cfg.DB.SetDesired(ctx, hb.Host, t.target, t.reason, t.drv, t.err, drifting, now); err != nil {
+		return nil, nil, err
+	}
+	reply := fleetproto.Reply{
+		Target:    t.target,
+		Reason:    t.reason,
+		Deploy:    t.err == "" && drifting,
+		Host:      hb.Host,
+		Nonce:     hb.Nonce,
+		Timestamp: now.UTC(),
+		Status:    db.HostApproved,
+	}
+	if t.err != "" || reply.Target == "" {
+		// Never hand out what failed verification: the host stays put.
+		reply.Target = hb.Current
+	}
+	out, err := json.Marshal(reply)
+	if err != nil {
+		return nil, nil, err
+	}
+	rh := http.Header{}
+	fleetproto.SignReply(rh, out, s.cfg.Key)
+	return out, rh, nil
+}
+
+func (s *Service) enrol(ctx context.Context, hb fleetproto.Heartbeat, pk *signing.PublicKey, remote string) error {
+	if s.cfg.Enrolment != EnrolPending {
+		return reject(http.StatusForbidden, "unknown host %s: register it first (crystal-forge host add)", hb.Host)
+	}
+	err := s.cfg.DB.CreateHost(ctx, &db.Host{Name: hb.Host, PublicKey: pk.String(), Status: db.HostPending, Policy: db.PolicyManual})
+	if errors.Is(err, db.ErrExists) {
+		// Its key belongs to another host already.
+		return reject(http.StatusUnauthorized, "key already registered to another host")
+	}
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
+	s.cfg.DB.AddHostEvent(ctx, hb.Host, "enrolled", "first contact from "+remote+" with key "+pk.String()+"; awaiting approval", now)
+	s.log.Info("new host awaiting approval", "host", hb.Host, "remote", remote, "key", pk.String())
+	return &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
+}
+
+func (s *Service) recordDeployment(ctx context.Context, host string, d *fleetproto.DeploymentReport, now time.Time) {
+	dep := &db.Deployment{Host: host, Target: d.Target, Previous: d.Previous, Status: d.Status, Error: d.Error,
+		DurationMS: d.DurationMS, StartedAt: d.StartedAt, ReportedAt: now}
+	if err := s.cfg.DB.AddDeployment(ctx, dep); err != nil {
+		s.log.Error("record deployment", "host", host, "err", err)
+	}
+	if d.Status == fleetproto.DeployFailed || d.Status == fleetproto.DeployRolledBack {
+		s.log.Warn("deployment failed", "host", host, "target", d.Target, "status", d.Status, "err", d.Error)
+		s.cfg.DB.AddHostEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
+	}
+}
+
+// target is what a host should run, and whether it may be handed out.
+type target struct {
+	target, reason, drv, err string
+}
+
+// desired applies the host's policy, then verifies the result.
+func (s *Service) desired(ctx context.Context, h *db.Host) target {
+	var t target
+	switch h.Policy {
+	case db.PolicyPinned:
+		t = target{target: h.Target, reason: "policy:pinned"}
+	case db.PolicyAuto:
+		conf := h.Configuration
+		if conf == "" {
+			conf = h.Name
+		}
+		out, drv, _, err := s.cfg.DB.LatestNixosBuild(ctx, h.Repository, conf)
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			return target{reason: "policy:auto:no-successful-build"}
+		case err != nil:
+			return target{reason: "policy:auto", err: err.Error()}
+		}
+		t = target{target: strings.Fields(out + " ")[0], drv: drv, reason: "policy:update"}
+		if t.target == h.Current {
+			t.reason = "policy:up-to-date"
+		}
+	default:
+		t = target{target: h.Target, reason: "policy:manual"}
+	}
+	if t.target == "" {
+		return target{reason: t.reason + ":unset"}
+	}
+	if err := s.verify(ctx, t.target); err != nil {
+		t.err = err.Error()
+		t.reason = "verification-failed"
+	}
+	return t
+}
+
+// verify checks that a target can be handed out: a top-level store path,
+// valid in this server's store and so served signed by its cache.
+func (s *Service) verify(ctx context.Context, p string) error {
+	storeDir := s.cfg.Store.StoreDir()
+	if !fleetproto.ValidStorePath(p, storeDir) {
+		return fmt.Errorf("%q is not a store path", p)
+	}
+	hash := strings.TrimPrefix(p, storeDir+"/")[:32]
+	info, err := s.cfg.Store.QueryByHash(ctx, hash)
+	if errors.Is(err, nixstore.ErrNotFound) || err == nil && info.Path != p {
+		return fmt.Errorf("%s is not built: it is not in this server's store, so the cache cannot serve it", p)
+	}
+	if err != nil {
+		return fmt.Errorf("check %s: %w", p, err)
+	}
+	return nil
+}

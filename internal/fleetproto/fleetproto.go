@@ -1,0 +1,178 @@
+// Package fleetproto is the agent↔server heartbeat protocol: message
+// shapes, and the signatures that make each side trust the other.
+//
+// A heartbeat is JSON POSTed to /api/heartbeat. The agent signs the exact
+// body bytes with its ed25519 key and sends the signature and its public
+// key in headers. The server answers with JSON signed by its key, echoing
+// the heartbeat's nonce, so an agent can tell a fresh answer to its own
+// question from a replayed or forged one.
+package fleetproto
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/signing"
+)
+
+// Path is where agents send heartbeats (the seed's endpoint).
+const Path = "/api/heartbeat"
+
+// Headers carrying the signature and the signer's public key.
+const (
+	HeaderSignature = "X-Crystal-Forge-Signature"
+	HeaderKey       = "X-Crystal-Forge-Key"
+)
+
+// MaxSkew is how far a heartbeat's timestamp may be from the server's clock.
+const MaxSkew = 5 * time.Minute
+
+// Domain-separation prefixes: a signature over one kind of message can
+// never be taken for another, nor for a narinfo fingerprint ("1;…") made
+// with the same key.
+const (
+	heartbeatDomain = "crystal-forge/heartbeat/v1\n"
+	replyDomain     = "crystal-forge/heartbeat-reply/v1\n"
+)
+
+// Heartbeat is what an agent reports. Host, Current and Fingerprint are the
+// seed's fields; the rest make it verifiable and useful.
+type Heartbeat struct {
+	Host        string            `json:"host"`
+	Current     string            `json:"current"`
+	Fingerprint string            `json:"fingerprint"`
+	Facts       map[string]any    `json:"facts,omitempty"`
+	Timestamp   time.Time         `json:"timestamp"`
+	Nonce       string            `json:"nonce"`
+	Agent       string            `json:"agent,omitempty"` // agent version
+	DryRun      bool              `json:"dry_run,omitempty"`
+	Deployment  *DeploymentReport `json:"deployment,omitempty"`
+}
+
+// DeploymentReport is the outcome of a switch the agent attempted, sent
+// with the next heartbeat.
+type DeploymentReport struct {
+	Target     string    `json:"target"`
+	Previous   string    `json:"previous"`
+	Status     string    `json:"status"` // success, failed, rolled-back, dry-run
+	Error      string    `json:"error,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	DurationMS int64     `json:"duration_ms"`
+}
+
+// Deployment statuses.
+const (
+	DeploySuccess    = "success"
+	DeployFailed     = "failed"      // failed, and the rollback failed too
+	DeployRolledBack = "rolled-back" // failed, previous generation restored
+	DeployDryRun     = "dry-run"     // would have switched
+)
+
+// Reply is the server's answer. Target, Reason and Deploy are the seed's.
+type Reply struct {
+	Target    string    `json:"target"`
+	Reason    string    `json:"reason"`
+	Deploy    bool      `json:"deploy"`
+	Host      string    `json:"host"`
+	Nonce     string    `json:"nonce"` // the heartbeat's, echoed
+	Timestamp time.Time `json:"timestamp"`
+	// Status is "approved", or "pending" while an admin has not approved
+	// a host that enrolled on first contact.
+	Status string `json:"status"`
+}
+
+// NewNonce returns 16 random bytes, base64.
+func NewNonce() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// SignHeartbeat signs a heartbeat body and sets the headers on h.
+func SignHeartbeat(h http.Header, body []byte, key *signing.SecretKey) {
+	h.Set(HeaderKey, key.Public().String())
+	h.Set(HeaderSignature, key.Sign(append([]byte(heartbeatDomain), body...)))
+}
+
+// SignReply signs a reply body and sets the signature header.
+func SignReply(h http.Header, body []byte, key *signing.SecretKey) {
+	h.Set(HeaderKey, key.Public().String())
+	h.Set(HeaderSignature, key.Sign(append([]byte(replyDomain), body...)))
+}
+
+// Errors of verification, for mapping to status codes and messages.
+var (
+	ErrUnsigned     = errors.New("message is not signed")
+	ErrBadSignature = errors.New("signature does not verify")
+	ErrStale        = errors.New("timestamp too far from the server's clock")
+)
+
+// HeartbeatKey returns the public key a heartbeat claims to be signed by.
+func HeartbeatKey(h http.Header) (*signing.PublicKey, error) {
+	k := h.Get(HeaderKey)
+	if k == "" || h.Get(HeaderSignature) == "" {
+		return nil, ErrUnsigned
+	}
+	pk, err := signing.ParsePublicKey(k)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsigned, err)
+	}
+	return pk, nil
+}
+
+// VerifyHeartbeat checks body's signature by key.
+func VerifyHeartbeat(h http.Header, body []byte, key *signing.PublicKey) error {
+	return verify(h, heartbeatDomain, body, key)
+}
+
+// VerifyReply checks a reply's signature against the server keys the agent
+// trusts.
+func VerifyReply(h http.Header, body []byte, trusted []*signing.PublicKey) error {
+	var err error = ErrBadSignature
+	for _, k := range trusted {
+		if err = verify(h, replyDomain, body, k); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func verify(h http.Header, domain string, body []byte, key *signing.PublicKey) error {
+	sig := h.Get(HeaderSignature)
+	if sig == "" {
+		return ErrUnsigned
+	}
+	if !key.Verify(append([]byte(domain), body...), sig) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+// CheckFresh rejects a timestamp outside MaxSkew of now.
+func CheckFresh(ts, now time.Time) error {
+	if d := now.Sub(ts); d > MaxSkew || d < -MaxSkew {
+		return fmt.Errorf("%w: %s off", ErrStale, d.Round(time.Second))
+	}
+	return nil
+}
+
+// ValidStorePath reports whether p looks like a top-level store path under
+// storeDir: the only thing an agent will ever switch to.
+func ValidStorePath(p, storeDir string) bool {
+	rest, ok := strings.CutPrefix(p, storeDir+"/")
+	if !ok || strings.Contains(rest, "/") || len(rest) < 34 || rest[32] != '-' {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
