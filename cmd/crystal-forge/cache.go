@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
@@ -65,6 +66,7 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	fs := flag.NewFlagSet("cache", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "[::]:5000", "address to serve the cache on")
+	pprofAddr := fs.String("pprof-listen", "", "serve Go's profiler (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	var cf cacheFlags
 	cf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -75,6 +77,13 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		return err
 	}
 	defer closeStore()
+	if *pprofAddr != "" {
+		go func() {
+			if err := serve(ctx, log, "pprof", *pprofAddr, pprofHandler(), serveHooks{}); err != nil {
+				log.Error("pprof", "err", err)
+			}
+		}()
+	}
 	return serve(ctx, log, "cache", *listen, srv, serveHooks{})
 }
 
@@ -116,4 +125,13 @@ func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Hand
 	}
 	log.Info("stopped", "service", name)
 	return nil
+}
+
+// pprofHandler serves the profiler on its own mux, never on a public port.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -35,6 +35,7 @@ func List(path string) (*Listing, error) {
 		return nil, err
 	}
 	d := newDumper(io.Discard, math.MaxInt64, -1)
+	defer d.release()
 	d.onFile = func(p string, size int64, exec bool, off int64) {
 		rel, _ := filepath.Rel(path, p)
 		e := root
