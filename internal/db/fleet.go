@@ -39,27 +39,28 @@ type Host struct {
 	DesiredDrv    string     `json:"desired_drv"`
 	TargetError   string     `json:"target_error"`
 	DriftSince    *time.Time `json:"drift_since"`
+	PolicySetAt   *time.Time `json:"policy_set_at"`
 	CreatedAt     time.Time  `json:"created_at"`
 }
 
 const hostCols = `name, public_key, status, policy, target, repository, configuration, current_system, fingerprint, facts, agent, remote,
-	last_seen, last_ts, desired, desired_reason, desired_drv, target_error, drift_since, created_at`
+	last_seen, last_ts, desired, desired_reason, desired_drv, target_error, drift_since, policy_set_at, created_at`
 
 func scanHost(row interface{ Scan(...any) error }) (*Host, error) {
 	var (
-		h           Host
-		seen, drift sql.NullInt64
-		created     int64
+		h                      Host
+		seen, drift, policySet sql.NullInt64
+		created                int64
 	)
 	err := row.Scan(&h.Name, &h.PublicKey, &h.Status, &h.Policy, &h.Target, &h.Repository, &h.Configuration, &h.Current, &h.Fingerprint, &h.Facts, &h.Agent, &h.Remote,
-		&seen, &h.LastTS, &h.Desired, &h.DesiredReason, &h.DesiredDrv, &h.TargetError, &drift, &created)
+		&seen, &h.LastTS, &h.Desired, &h.DesiredReason, &h.DesiredDrv, &h.TargetError, &drift, &policySet, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
-	h.LastSeen, h.DriftSince = fromMillis(seen), fromMillis(drift)
+	h.LastSeen, h.DriftSince, h.PolicySetAt = fromMillis(seen), fromMillis(drift), fromMillis(policySet)
 	h.CreatedAt = time.UnixMilli(created).UTC()
 	return &h, nil
 }
@@ -87,7 +88,10 @@ func (d *DB) UpsertHost(ctx context.Context, h *Host) error {
 	_, err := d.sql.ExecContext(ctx, `INSERT INTO hosts (name, public_key, status, policy, target, repository, configuration, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, status = excluded.status, policy = excluded.policy,
-			target = excluded.target, repository = excluded.repository, configuration = excluded.configuration`,
+			target = excluded.target, repository = excluded.repository, configuration = excluded.configuration,
+			policy_set_at = CASE WHEN hosts.policy <> excluded.policy OR hosts.target <> excluded.target
+				OR hosts.repository <> excluded.repository OR hosts.configuration <> excluded.configuration
+				THEN excluded.created_at ELSE hosts.policy_set_at END`,
 		h.Name, h.PublicKey, HostApproved, h.Policy, h.Target, h.Repository, h.Configuration, millis(time.Now()))
 	if err != nil {
 		return fmt.Errorf("configure host %s: %w", h.Name, err)
@@ -129,8 +133,8 @@ func (d *DB) SetHostStatus(ctx context.Context, name, status string) error {
 
 // SetHostPolicy sets what a host should run.
 func (d *DB) SetHostPolicy(ctx context.Context, name, policy, target, repository, configuration string) error {
-	return d.execOne(ctx, "set host policy", `UPDATE hosts SET policy = $1, target = $2, repository = $3, configuration = $4 WHERE name = $5`,
-		policy, target, repository, configuration, name)
+	return d.execOne(ctx, "set host policy", `UPDATE hosts SET policy = $1, target = $2, repository = $3, configuration = $4, policy_set_at = $5 WHERE name = $6`,
+		policy, target, repository, configuration, millis(time.Now()), name)
 }
 
 func (d *DB) execOne(ctx context.Context, what, q string, args ...any) error {

@@ -146,6 +146,17 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	host.Current = hb.Current
 	t := s.desired(ctx, host)
 	drifting := t.target != "" && t.target != hb.Current
+	if drifting && t.err == "" {
+		// A target this host already failed to switch to is not sent again
+		// (it would fail and roll back forever); a new target, or an admin
+		// setting the policy again, clears this.
+		if failed, err := s.failedBefore(ctx, host, t.target); err != nil {
+			return nil, nil, err
+		} else if failed {
+			t.err = "the last deployment of this target failed on the host; set the target or policy again to retry"
+			t.reason = "deployment-failed"
+		}
+	}
 	if err := s.cfg.DB.SetDesired(ctx, hb.Host, t.target, t.reason, t.drv, t.err, drifting, now); err != nil {
 		return nil, nil, err
 	}
@@ -200,6 +211,20 @@ func (s *Service) recordDeployment(ctx context.Context, host string, d *fleetpro
 		s.log.Warn("deployment failed", "host", host, "target", d.Target, "status", d.Status, "err", d.Error)
 		s.cfg.DB.AddHostEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
 	}
+}
+
+// failedBefore reports whether the host's newest deployment was of target
+// and failed, after the host's policy was last set.
+func (s *Service) failedBefore(ctx context.Context, h *db.Host, target string) (bool, error) {
+	deps, err := s.cfg.DB.Deployments(ctx, h.Name, 1)
+	if err != nil || len(deps) == 0 {
+		return false, err
+	}
+	d := deps[0]
+	if d.Target != target || (d.Status != fleetproto.DeployFailed && d.Status != fleetproto.DeployRolledBack) {
+		return false, nil
+	}
+	return h.PolicySetAt == nil || d.ReportedAt.After(*h.PolicySetAt), nil
 }
 
 // target is what a host should run, and whether it may be handed out.
