@@ -88,7 +88,9 @@ func (c Config) withDefaults() (Config, error) {
 		if err != nil {
 			return c, fmt.Errorf("read hostname (set the host name explicitly): %w", err)
 		}
-		c.Host = h
+		// The server knows hosts by their short name (networking.hostName);
+		// a non-NixOS machine may report a fully qualified one.
+		c.Host, _, _ = strings.Cut(h, ".")
 	}
 	if c.KeyFile == "" {
 		c.KeyFile = DefaultKeyFile

@@ -72,7 +72,7 @@ func (d *Deployer) deploy(ctx context.Context, target string) (r fleetproto.Depl
 		return r, touched
 	}
 	if !fleetproto.ValidStorePath(target, d.cfg.StoreDir) {
-		return fail(fleetproto.DeployFailed, fmt.Errorf("refusing target %q: not a top-level path in %s", target, d.cfg.StoreDir))
+		return fail(fleetproto.DeployNotApplied, fmt.Errorf("refusing target %q: not a top-level path in %s", target, d.cfg.StoreDir))
 	}
 	if d.cfg.DryRun {
 		log.Info("dry run: would deploy",
@@ -85,10 +85,10 @@ func (d *Deployer) deploy(ctx context.Context, target string) (r fleetproto.Depl
 
 	log.Info("deploying")
 	if err := d.fetch(ctx, log, target); err != nil {
-		return fail(fleetproto.DeployFailed, fmt.Errorf("fetch closure: %w", err))
+		return fail(fleetproto.DeployNotApplied, fmt.Errorf("fetch closure: %w", err))
 	}
 	if !isExecutable(d.storeFile(target, switchScript)) {
-		return fail(fleetproto.DeployFailed, fmt.Errorf("refusing target %s: it is not a NixOS system (no executable %s)", target, switchScript))
+		return fail(fleetproto.DeployNotApplied, fmt.Errorf("refusing target %s: it is not a NixOS system (no executable %s)", target, switchScript))
 	}
 
 	// From here on the host changes: finish, or roll back, whatever ctx says.

@@ -262,7 +262,7 @@ func TestDeploySwitchesAndRollsBack(t *testing.T) {
 
 	// Something that is not a system is fetched but never set or run.
 	r = d.Deploy(t.Context(), sys.notSystem)
-	if r.Status != fleetproto.DeployFailed || !strings.Contains(r.Error, "not a NixOS system") {
+	if r.Status != fleetproto.DeployNotApplied || !strings.Contains(r.Error, "not a NixOS system") {
 		t.Errorf("deploy of a non-system: status %q, error %q", r.Status, r.Error)
 	}
 	checkProfile(t, cfg.Profile, "1", sys.good)
@@ -290,8 +290,8 @@ func TestDeployUntrustedCacheKey(t *testing.T) {
 	cfg, sys := env.cfg, env.sys
 	cfg.TrustedPublicKeys = []string{newCacheKey(t).Public().String()}
 	r := newDeployer(t, cfg).Deploy(t.Context(), sys.good)
-	if r.Status != fleetproto.DeployFailed {
-		t.Fatalf("status %q; want failed", r.Status)
+	if r.Status != fleetproto.DeployNotApplied {
+		t.Fatalf("status %q; want not-applied", r.Status)
 	}
 	if !strings.Contains(r.Error, "fetch closure") || !strings.Contains(r.Error, "lacks a valid signature") {
 		t.Errorf("error %q does not say the copy failed for lack of a valid signature", r.Error)
@@ -312,7 +312,7 @@ func TestDeployWithoutSubstituters(t *testing.T) {
 	cfg := env.cfg
 	cfg.Substituters = nil
 	r := newDeployer(t, cfg).Deploy(t.Context(), env.sys.good)
-	if r.Status != fleetproto.DeployFailed || !strings.Contains(r.Error, "no substituter") {
+	if r.Status != fleetproto.DeployNotApplied || !strings.Contains(r.Error, "no substituter") {
 		t.Errorf("status %q, error %q; want failed for want of a substituter", r.Status, r.Error)
 	}
 	// The server's cache stands in when no substituter is given.
@@ -343,7 +343,7 @@ func TestDeployRefusesBadTargets(t *testing.T) {
 		"nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-system",
 	} {
 		r := d.Deploy(t.Context(), target)
-		if r.Status != fleetproto.DeployFailed || !strings.Contains(r.Error, "refusing target") {
+		if r.Status != fleetproto.DeployNotApplied || !strings.Contains(r.Error, "refusing target") {
 			t.Errorf("Deploy(%q): status %q, error %q; want refused", target, r.Status, r.Error)
 		}
 	}

@@ -207,7 +207,9 @@ func (s *Service) recordDeployment(ctx context.Context, host string, d *fleetpro
 	if err := s.cfg.DB.AddDeployment(ctx, dep); err != nil {
 		s.log.Error("record deployment", "host", host, "err", err)
 	}
-	if d.Status == fleetproto.DeployFailed || d.Status == fleetproto.DeployRolledBack {
+	// Every failure is an alert; only a switch that failed (not a refused
+	// or unfetchable target, which changed nothing) blocks a retry.
+	if d.Status == fleetproto.DeployFailed || d.Status == fleetproto.DeployRolledBack || d.Status == fleetproto.DeployNotApplied {
 		s.log.Warn("deployment failed", "host", host, "target", d.Target, "status", d.Status, "err", d.Error)
 		s.cfg.DB.AddHostEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
 	}
@@ -250,7 +252,11 @@ func (s *Service) desired(ctx context.Context, h *db.Host) target {
 		case err != nil:
 			return target{reason: "policy:auto", err: err.Error()}
 		}
-		t = target{target: strings.Fields(out + " ")[0], drv: drv, reason: "policy:update"}
+		outs := strings.Fields(out)
+		if len(outs) == 0 {
+			return target{reason: "policy:auto", err: fmt.Sprintf("the newest build of %s#%s recorded no output path", h.Repository, conf)}
+		}
+		t = target{target: outs[0], drv: drv, reason: "policy:update"}
 		if t.target == h.Current {
 			t.reason = "policy:up-to-date"
 		}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/nixbase32"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -43,15 +44,18 @@ const (
 // Heartbeat is what an agent reports. Host, Current and Fingerprint are the
 // seed's fields; the rest make it verifiable and useful.
 type Heartbeat struct {
-	Host        string            `json:"host"`
-	Current     string            `json:"current"`
-	Fingerprint string            `json:"fingerprint"`
-	Facts       map[string]any    `json:"facts,omitempty"`
-	Timestamp   time.Time         `json:"timestamp"`
-	Nonce       string            `json:"nonce"`
-	Agent       string            `json:"agent,omitempty"` // agent version
-	DryRun      bool              `json:"dry_run,omitempty"`
-	Deployment  *DeploymentReport `json:"deployment,omitempty"`
+	Host        string         `json:"host"`
+	Current     string         `json:"current"`
+	Fingerprint string         `json:"fingerprint"`
+	Facts       map[string]any `json:"facts,omitempty"`
+	// Timestamp must be strictly newer, at millisecond resolution, than
+	// the host's last accepted heartbeat: that is the replay guard. An agent
+	// sending twice within a millisecond must step its clock forward.
+	Timestamp  time.Time         `json:"timestamp"`
+	Nonce      string            `json:"nonce"`
+	Agent      string            `json:"agent,omitempty"` // agent version
+	DryRun     bool              `json:"dry_run,omitempty"`
+	Deployment *DeploymentReport `json:"deployment,omitempty"`
 }
 
 // DeploymentReport is the outcome of a switch the agent attempted, sent
@@ -68,8 +72,9 @@ type DeploymentReport struct {
 // Deployment statuses.
 const (
 	DeploySuccess    = "success"
-	DeployFailed     = "failed"      // failed, and the rollback failed too
-	DeployRolledBack = "rolled-back" // failed, previous generation restored
+	DeployFailed     = "failed"      // the switch failed, and so did the rollback: look at the host
+	DeployRolledBack = "rolled-back" // the switch failed; the previous generation is restored
+	DeployNotApplied = "not-applied" // refused or not fetched: nothing on the host changed
 	DeployDryRun     = "dry-run"     // would have switched
 )
 
@@ -161,15 +166,20 @@ func CheckFresh(ts, now time.Time) error {
 	return nil
 }
 
-// ValidStorePath reports whether p looks like a top-level store path under
-// storeDir: the only thing an agent will ever switch to.
+// ValidStorePath reports whether p is a top-level store path under
+// storeDir: <storeDir>/<32 nix32 characters>-<name>, with Nix's rules for
+// the name. It is the only thing an agent will ever switch to.
 func ValidStorePath(p, storeDir string) bool {
 	rest, ok := strings.CutPrefix(p, storeDir+"/")
-	if !ok || strings.Contains(rest, "/") || len(rest) < 34 || rest[32] != '-' {
+	if !ok || len(rest) < 34 || rest[32] != '-' || !nixbase32.ValidHash(rest[:32]) {
 		return false
 	}
-	for i := 0; i < len(rest); i++ {
-		c := rest[i]
+	name := rest[33:]
+	if len(name) > 211 || name[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
 			return false
 		}

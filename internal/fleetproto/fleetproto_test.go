@@ -3,6 +3,7 @@ package fleetproto
 import (
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,8 +68,11 @@ func TestValidStorePath(t *testing.T) {
 	for p, want := range map[string]bool{
 		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-chesty-25.05": true,
 		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-x/bin/sh":                  false,
-		"/nix/store/short-x": false,
-		"/etc/passwd":        false,
+		"/nix/store/short-x":                                                      false,
+		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaae-x":                           false, // e is not nix32
+		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-.hidden":                     false,
+		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-" + strings.Repeat("a", 212): false,
+		"/etc/passwd": false,
 		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-a;rm -rf": false,
 		"": false,
 	} {
