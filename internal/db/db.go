@@ -80,8 +80,12 @@ func openSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", abs, err)
 	}
-	// SQLite has one writer; a small pool of readers beside it is plenty.
-	s.SetMaxOpenConns(4)
+	// One connection: SQLite has one writer, and several connections
+	// competing for its lock wait on the driver's fixed back-off sleeps
+	// (1 to 50 ms), which made the fleet load test's tail latency; queries
+	// here take microseconds, so serialising them costs little. Nothing may
+	// query d.sql while holding a transaction or open rows.
+	s.SetMaxOpenConns(1)
 	return &DB{sql: s, dialect: SQLite}, nil
 }
 
