@@ -24,6 +24,9 @@ commands:
   trigger  trigger a build of a repository (client of a server's API)
   status   show repositories and their latest builds
   logs     print or follow a repository's build log
+  hosts    list the fleet's hosts: status, policy, current and desired system, drift, alerts
+  host     show, add, approve a host; set its target or policy ("crystal-forge host help")
+  agent    the fleet agent on a NixOS host: heartbeats, and switches to the system the server names
   version  print the version
 
 Run "crystal-forge <command> -h" for a command's flags.
@@ -59,6 +62,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runStatus(ctx, rest, stdout, stderr)
 	case "logs":
 		err = runLogs(ctx, rest, stdout, stderr)
+	case "hosts":
+		err = runHosts(ctx, rest, stdout, stderr)
+	case "host":
+		err = runHost(ctx, rest, stdout, stderr)
+	case "agent":
+		err = runAgent(ctx, rest, stderr, log)
 	case "version":
 		fmt.Fprintln(stdout, "crystal-forge", version)
 	case "help", "-h", "--help":

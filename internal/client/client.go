@@ -1,30 +1,42 @@
 // Package client talks to a Crystal Forge server's API for the command
-// line: trigger builds, read status, read and follow logs.
+// line: trigger builds, read status, read and follow logs, and manage the
+// fleet's hosts.
 package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/build"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/fleet"
 )
 
 // Client is an API client.
 type Client struct {
 	BaseURL string
 	HTTP    *http.Client
+	// Actor names the user in the server's audit log (sent as
+	// X-Crystal-Forge-Actor); New sets it to $USER, else "unknown".
+	Actor string
 }
 
 // New returns a client of the server at base (http://host:port).
 func New(base string) *Client {
-	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}}
+	actor := os.Getenv("USER")
+	if actor == "" {
+		actor = "unknown"
+	}
+	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}, Actor: actor}
 }
 
 // Error is a non-2xx answer.
@@ -36,9 +48,29 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("server answered %d: %s", e.Code, e.Detail) }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, nil)
+	return c.doJSON(ctx, method, path, nil, out)
+}
+
+// doJSON sends in (when not nil) as a JSON body and decodes the answer
+// into out (when not nil).
+func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Actor != "" {
+		req.Header.Set(api.HeaderActor, c.Actor)
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
@@ -139,4 +171,55 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 		return "", fmt.Errorf("follow build %d: %w", id, err)
 	}
 	return "", fmt.Errorf("follow build %d: stream ended early", id)
+}
+
+// Hosts lists every fleet host with its state and alerts.
+func (c *Client) Hosts(ctx context.Context) ([]*fleet.HostView, error) {
+	var hs []*fleet.HostView
+	return hs, c.do(ctx, http.MethodGet, "/api/v1/hosts", &hs)
+}
+
+// Host returns one host with its heartbeats, deployments, events and audit log.
+func (c *Client) Host(ctx context.Context, name string) (*fleet.HostView, error) {
+	var h fleet.HostView
+	return &h, c.do(ctx, http.MethodGet, "/api/v1/hosts/"+url.PathEscape(name), &h)
+}
+
+// AddHost pre-registers a host with its agent's public key (approved).
+func (c *Client) AddHost(ctx context.Context, name, publicKey string, p fleet.Policy) (*db.Host, error) {
+	req := struct {
+		Name      string `json:"name"`
+		PublicKey string `json:"public_key"`
+		fleet.Policy
+	}{name, publicKey, p}
+	var h db.Host
+	return &h, c.doJSON(ctx, http.MethodPost, "/api/v1/hosts", req, &h)
+}
+
+// ApproveHost admits a host that enrolled on first contact.
+func (c *Client) ApproveHost(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/approve", nil)
+}
+
+// SetTarget gives a host a manual target (its policy becomes manual).
+func (c *Client) SetTarget(ctx context.Context, name, target string) error {
+	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/target", map[string]string{"target": target}, nil)
+}
+
+// SetPolicy changes a host's policy.
+func (c *Client) SetPolicy(ctx context.Context, name string, p fleet.Policy) error {
+	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/policy", p, nil)
+}
+
+// Audit returns the newest admin actions, for one host or all (host "").
+func (c *Client) Audit(ctx context.Context, host string, limit int) ([]*db.AuditEntry, error) {
+	q := url.Values{}
+	if host != "" {
+		q.Set("host", host)
+	}
+	if limit > 0 {
+		q.Set("limit", fmt.Sprint(limit))
+	}
+	var es []*db.AuditEntry
+	return es, c.do(ctx, http.MethodGet, "/api/v1/audit?"+q.Encode(), &es)
 }

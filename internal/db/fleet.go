@@ -131,10 +131,10 @@ func (d *DB) SetHostStatus(ctx context.Context, name, status string) error {
 	return d.execOne(ctx, "set host status", `UPDATE hosts SET status = $1 WHERE name = $2`, status, name)
 }
 
-// SetHostPolicy sets what a host should run.
-func (d *DB) SetHostPolicy(ctx context.Context, name, policy, target, repository, configuration string) error {
+// SetHostPolicy sets what a host should run; at is when (policy_set_at).
+func (d *DB) SetHostPolicy(ctx context.Context, name, policy, target, repository, configuration string, at time.Time) error {
 	return d.execOne(ctx, "set host policy", `UPDATE hosts SET policy = $1, target = $2, repository = $3, configuration = $4, policy_set_at = $5 WHERE name = $6`,
-		policy, target, repository, configuration, millis(time.Now()), name)
+		policy, target, repository, configuration, millis(at), name)
 }
 
 func (d *DB) execOne(ctx context.Context, what, q string, args ...any) error {

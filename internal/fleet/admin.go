@@ -129,7 +129,7 @@ func (s *Service) SetPolicy(ctx context.Context, a Actor, name string, p Policy,
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.DB.SetHostPolicy(ctx, name, p.Policy, p.Target, p.Repository, p.Configuration); err != nil {
+	if err := s.cfg.DB.SetHostPolicy(ctx, name, p.Policy, p.Target, p.Repository, p.Configuration, s.now()); err != nil {
 		return err
 	}
 	if action == "" {
@@ -181,6 +181,13 @@ func (s *Service) View(ctx context.Context, h *db.Host, detail bool) (*HostView,
 	if err != nil {
 		return nil, err
 	}
+	var lastSuccess *db.Deployment
+	for _, d := range deps {
+		if d.Status == fleetproto.DeploySuccess {
+			lastSuccess = d
+			break
+		}
+	}
 	if len(deps) > 0 {
 		v.LastDeployment = deps[0]
 	}
@@ -194,7 +201,7 @@ func (s *Service) View(ctx context.Context, h *db.Host, detail bool) (*HostView,
 		if !slices.Contains(alertKinds, e.Kind) {
 			continue
 		}
-		if e.Kind == "deployment-failed" && v.LastDeployment != nil && v.LastDeployment.Status == "success" && v.LastDeployment.ReportedAt.After(e.At) {
+		if e.Kind == "deployment-failed" && lastSuccess != nil && lastSuccess.ReportedAt.After(e.At) {
 			continue
 		}
 		if e.Kind == "enrolled" && h.Status == db.HostApproved {

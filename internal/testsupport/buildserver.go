@@ -18,6 +18,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 )
 
@@ -54,6 +55,11 @@ type BuildServerConfig struct {
 	Info             api.Info
 	// DataDir is the server's data directory; default a new temporary one.
 	DataDir string
+	// DB is the database to use; default a new SQLite database in DataDir
+	// (closed when the test ends; a given one is left to its owner).
+	DB *db.DB
+	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
+	Fleet *fleet.Service
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
@@ -91,11 +97,14 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	database, err := db.Open(ctx, filepath.Join(cfg.DataDir, "crystal-forge.db"))
-	if err != nil {
-		t.Fatal(err)
+	database := cfg.DB
+	if database == nil {
+		database, err = db.Open(ctx, filepath.Join(cfg.DataDir, "crystal-forge.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { database.Close() })
 	}
-	t.Cleanup(func() { database.Close() })
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	orch, err := build.New(build.Config{
 		DataDir:          cfg.DataDir,
@@ -124,6 +133,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		EnableWebUI:   cfg.EnableWebUI,
 		CacheRunning:  cfg.CacheRunning,
 		WebhookSecret: cfg.WebhookSecret,
+		Fleet:         cfg.Fleet,
 		Logger:        logger,
 	}))
 	t.Cleanup(srv.Close)

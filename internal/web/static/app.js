@@ -1,5 +1,6 @@
 // Crystal Forge page: cards per repository, kept live by /api/v1/events;
-// a selected build shows its per-package results and streams its log.
+// a selected build shows its per-package results and streams its log; the
+// fleet table lists the hosts.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -132,16 +133,86 @@ $("#copy-key").addEventListener("click", async () => {
   setTimeout(() => ($("#copy-key").textContent = "Copy"), 1500);
 });
 
+// The fleet: a row per host, refreshed every 10 s, on build events (a build
+// can give an auto host a new target) and after an approval.
+const ALERT_LABELS = { "fingerprint-changed": "fingerprint changed", "deployment-failed": "deployment failed", enrolled: "pending enrolment" };
+// shortPath shows /nix/store/<hash>-<name> as "<name> (<first 8 of hash>)".
+const shortPath = (p) => {
+  const base = p.slice(p.lastIndexOf("/") + 1);
+  return base.indexOf("-") === 32 && base.length > 33 ? `${base.slice(33)} (${base.slice(0, 8)})` : p;
+};
+const pathCell = (cls, p, ...extra) => el("td", { class: cls, title: p || "" }, p ? el("code", {}, shortPath(p)) : "—", ...extra);
+const fmtMS = (ms) => (ms < 1000 ? `${ms}ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)}s` : `${Math.floor(ms / 60000)}m ${Math.round((ms % 60000) / 1000)}s`);
+const policyText = (h) => (h.policy === "auto" ? `auto (${h.repository}#${h.configuration || h.name})` : h.policy);
+
+function hostRow(h) {
+  const status = el("td", { class: "status" }, el("span", { class: `status ${h.status}` }, h.status));
+  if (h.status === "pending") {
+    status.append(" ", el("button", { class: "approve", type: "button", onclick: (e) => approve(h.name, e.currentTarget) }, "Approve"));
+  }
+  const desired = pathCell("desired", h.desired);
+  if (h.desired_reason) desired.append(el("div", { class: "reason" }, h.desired_reason));
+  if (h.target_error) desired.append(el("div", { class: "target-error" }, `not sent: ${h.target_error}`));
+  const d = h.last_deployment;
+  const alerts = (h.alerts || []).map((a) => el("span", { class: `alert ${a.kind}`, title: `${fmtTime(a.at)}: ${a.detail}` }, ALERT_LABELS[a.kind] || a.kind));
+  const seen = h.last_seen ? fmtTime(h.last_seen) : "never";
+  return el("tr", { id: `host-${h.name}`, "data-host": h.name, class: h.online ? "online" : "offline" },
+    el("td", { class: "name" }, h.name),
+    status,
+    el("td", { class: "policy" }, policyText(h)),
+    pathCell("current", h.current),
+    desired,
+    el("td", { class: "last-seen" }, h.last_seen && !h.online ? `${seen} (offline)` : seen),
+    el("td", { class: h.drift ? "drift drifting" : "drift" }, h.drift ? `${h.drift} behind` : h.desired ? "in sync" : "—"),
+    el("td", { class: "last-deploy", title: d ? `${d.target}${d.error ? ": " + d.error : ""}` : "" },
+      d ? el("span", { class: `s ${d.status}` }, d.status) : "—", d ? ` · ${fmtMS(d.duration_ms)}` : ""),
+    el("td", { class: "alerts" }, ...(alerts.length ? alerts : ["—"])));
+}
+
+let hostsSeq = 0;
+async function refreshHosts() {
+  const seq = ++hostsSeq;
+  const r = await fetch("/api/v1/hosts");
+  if (r.status === 404) { $("#fleet").hidden = true; return; } // a server without a fleet
+  if (!r.ok) throw new Error(`/api/v1/hosts: ${r.status}`);
+  const hosts = await r.json();
+  if (seq !== hostsSeq) return; // a newer refresh has begun
+  $("#fleet").hidden = false;
+  const pending = hosts.filter((h) => h.status === "pending").length;
+  const drifting = hosts.filter((h) => h.drift).length;
+  const alerting = hosts.filter((h) => (h.alerts || []).length || h.target_error).length;
+  $("#fleet-summary").textContent = `${hosts.length} host${hosts.length === 1 ? "" : "s"} · ${pending} pending · ${drifting} drifting · ${alerting} with alerts`;
+  $("#hosts").replaceChildren(...(hosts.length ? hosts.map(hostRow)
+    : [el("tr", { class: "empty-row" }, el("td", { colspan: "9", class: "empty" }, "No hosts yet: start an agent on one, or crystal-forge host add."))]));
+}
+
+let hostsSoon = null;
+function refreshHostsSoon() {
+  if (!hostsSoon) hostsSoon = setTimeout(() => { hostsSoon = null; refreshHosts().catch(console.warn); }, 500);
+}
+
+async function approve(name, btn) {
+  btn.disabled = true;
+  try {
+    const r = await fetch(`/api/v1/hosts/${encodeURIComponent(name)}/approve`, { method: "POST", headers: { "X-Crystal-Forge-Actor": "web-page" } });
+    if (!r.ok) throw new Error(`${r.status} ${(await r.json().catch(() => ({}))).detail || ""}`);
+  } catch (e) { btn.disabled = false; alert(`Approve ${name} failed: ${e.message}`); }
+  await refreshHosts().catch(console.warn);
+}
+
 function connect() {
   const es = new EventSource("/api/v1/events");
-  es.onopen = () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); };
+  es.onopen = () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); };
   es.onerror = () => { document.body.classList.remove("connected"); $("#live-text").textContent = "reconnecting…"; };
   es.addEventListener("build", (e) => {
     const ev = JSON.parse(e.data);
     refreshRepo(ev.repository).catch(console.warn);
+    refreshHostsSoon();
     if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
   });
 }
 
 refreshAll().catch(console.warn);
+refreshHosts().catch(console.warn);
+setInterval(() => refreshHosts().catch(console.warn), 10000);
 connect();
