@@ -66,14 +66,14 @@ func TestCheckFresh(t *testing.T) {
 
 func TestValidStorePath(t *testing.T) {
 	for p, want := range map[string]bool{
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-chesty-25.05": true,
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-x/bin/sh":                  false,
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-chesty-25.05": true,
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-x/bin/sh":                  false,
 		"/nix/store/short-x":                                                      false,
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaae-x":                           false, // e is not nix32
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-.hidden":                     false,
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-" + strings.Repeat("a", 212): false,
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaae-x":                           false, // e is not nix32
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-.hidden":                     false,
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-" + strings.Repeat("a", 212): false,
 		"/etc/passwd": false,
-		"/nix/store/ef01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-a;rm -rf": false,
+		"/nix/store/cf01aaaaaaaaaaaaaaaaaaaaaaaaaaaa-a;rm -rf": false,
 		"": false,
 	} {
 		if got := ValidStorePath(p, "/nix/store"); got != want {
