@@ -52,8 +52,15 @@ type Orchestrator struct {
 
 	mu      sync.Mutex
 	running map[int64]*run // queued or running builds
-	wg      sync.WaitGroup
-	ctx     context.Context // ends at shutdown
+
+	// statuses caches each repository's spec status between transitions:
+	// /build/status is the hottest read of the API. statusGen counts the
+	// transitions, so a read racing one never stores a stale answer.
+	statusMu  sync.Mutex
+	statuses  map[string]Status
+	statusGen map[string]uint64
+	wg        sync.WaitGroup
+	ctx       context.Context // ends at shutdown
 }
 
 // run is the in-memory side of an active build.
@@ -77,14 +84,16 @@ func New(cfg Config) (*Orchestrator, error) {
 		cfg.Logger = slog.Default()
 	}
 	o := &Orchestrator{
-		cfg:     cfg,
-		db:      cfg.DB,
-		nix:     cfg.Nix,
-		log:     cfg.Logger,
-		repos:   make(map[string]config.Repository),
-		slots:   make(chan struct{}, cfg.MaxParallel),
-		hub:     newHub(),
-		running: make(map[int64]*run),
+		cfg:       cfg,
+		db:        cfg.DB,
+		nix:       cfg.Nix,
+		log:       cfg.Logger,
+		repos:     make(map[string]config.Repository),
+		slots:     make(chan struct{}, cfg.MaxParallel),
+		hub:       newHub(),
+		running:   make(map[int64]*run),
+		statuses:  make(map[string]Status),
+		statusGen: make(map[string]uint64),
 	}
 	for _, r := range cfg.Repositories {
 		o.repos[r.Name] = r
@@ -168,6 +177,8 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 	lg, err := openLiveLog(b.LogPath)
 	if err != nil {
 		o.db.FinishBuild(context.WithoutCancel(ctx), b.ID, db.StatusFailed, err.Error(), time.Now())
+		b.Status = db.StatusFailed
+		o.publish(b)
 		return nil, false, err
 	}
 	linkLatest(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), b.LogPath)
@@ -210,6 +221,10 @@ func (o *Orchestrator) live(id int64) *liveLog {
 func (o *Orchestrator) Subscribe() (<-chan Event, func()) { return o.hub.subscribe() }
 
 func (o *Orchestrator) publish(b *db.Build) {
+	o.statusMu.Lock()
+	delete(o.statuses, b.Repository)
+	o.statusGen[b.Repository]++
+	o.statusMu.Unlock()
 	o.hub.publish(Event{Repository: b.Repository, BuildID: b.ID, Status: b.Status})
 }
 

@@ -47,8 +47,9 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		delete(o.running, b.ID)
 		o.mu.Unlock()
 		lg.close()
-		o.writeStatusFile(bg, b.Repository)
+		// publish first: it drops the cached status writeStatusFile reads.
 		o.publish(b)
+		o.writeStatusFile(bg, b.Repository)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
 	}()
 
@@ -72,8 +73,8 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		return
 	}
 	b.Status, b.StartedAt = db.StatusRunning, &start
-	o.writeStatusFile(bg, b.Repository)
 	o.publish(b)
+	o.writeStatusFile(bg, b.Repository)
 
 	err := o.phases(ctx, rn, repo)
 	switch {

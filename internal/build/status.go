@@ -72,14 +72,28 @@ func (o *Orchestrator) Status(ctx context.Context, repo string) (Status, error) 
 	if _, ok := o.repos[repo]; !ok {
 		return Status{}, ErrUnknownRepository
 	}
+	o.statusMu.Lock()
+	st, ok := o.statuses[repo]
+	gen := o.statusGen[repo]
+	o.statusMu.Unlock()
+	if ok {
+		return st, nil
+	}
 	b, err := o.db.LatestBuild(ctx, repo)
-	if errors.Is(err, db.ErrNotFound) {
-		return SpecStatus(repo, nil), nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		st = SpecStatus(repo, nil)
+	case err != nil:
 		return Status{}, err
+	default:
+		st = SpecStatus(repo, b)
 	}
-	return SpecStatus(repo, b), nil
+	o.statusMu.Lock()
+	if o.statusGen[repo] == gen {
+		o.statuses[repo] = st
+	}
+	o.statusMu.Unlock()
+	return st, nil
 }
 
 // writeStatusFile mirrors the status into ${DATA_DIR}/status/<repo>.json
