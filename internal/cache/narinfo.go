@@ -10,7 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/nar"
 	"github.com/crystal-forge/crystal-forge/internal/narinfo"
@@ -26,7 +28,11 @@ type pathEntry struct {
 	narHash string // nix32 digest, without "sha256:"
 	narinfo []byte
 	id      fileID
+	checked atomic.Int64 // unix nanoseconds of the last lstat that matched id
 }
+
+// recheckEvery is how long a cached path is trusted without an lstat.
+const recheckEvery = 2 * time.Second
 
 // fileID tells whether the file at a path is still the one we described: a
 // garbage-collected and rebuilt path gets a new inode and ctime.
@@ -89,7 +95,15 @@ func (c *narinfoCache) drop(hash string) {
 // nixstore.ErrNotFound. hash must be validated by the caller.
 func (s *Server) lookup(ctx context.Context, hash string) (*pathEntry, error) {
 	if e := s.narinfos.get(hash); e != nil {
+		// Revalidate at most every recheckEvery: an lstat per hit was a
+		// tenth of a narinfo's cost. A path garbage-collected meanwhile is
+		// described for at most that long; its NAR download then fails.
+		now := time.Now().UnixNano()
+		if now-e.checked.Load() < int64(recheckEvery) {
+			return e, nil
+		}
 		if id, err := statID(e.real); err == nil && id == e.id {
+			e.checked.Store(now)
 			return e, nil
 		}
 		s.narinfos.drop(hash)
@@ -108,6 +122,7 @@ func (s *Server) lookup(ctx context.Context, hash string) (*pathEntry, error) {
 		return nil, err
 	}
 	e := &pathEntry{info: info, real: real, narHash: strings.TrimPrefix(info.NarHash, "sha256:"), id: id}
+	e.checked.Store(time.Now().UnixNano())
 	e.narinfo = []byte(s.render(e).String())
 	s.narinfos.put(hash, e)
 	return e, nil

@@ -68,7 +68,7 @@ func listNode(path string) (*Entry, error) {
 		}
 		return &Entry{Type: "symlink", Target: t}, nil
 	case mode.IsDir():
-		f, err := os.Open(path)
+		f, err := open(path)
 		if err != nil {
 			return nil, err
 		}

@@ -215,7 +215,7 @@ func (d *dumper) contents(path string, size int64) error {
 	if from >= to {
 		return nil
 	}
-	f, err := os.Open(path)
+	f, err := open(path)
 	if err != nil {
 		return err
 	}
@@ -247,7 +247,7 @@ func (d *dumper) directory(path string) error {
 	if err := d.str("directory"); err != nil {
 		return err
 	}
-	f, err := os.Open(path)
+	f, err := open(path)
 	if err != nil {
 		return err
 	}
