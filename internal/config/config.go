@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -188,6 +187,8 @@ var (
 	NameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	branchRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$`)
 	systemRE = regexp.MustCompile(`^[a-z0-9_]+-[a-z0-9_]+$`)
+	// scpLikeRE is git's user@host:path form.
+	scpLikeRE = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`)
 )
 
 // ValidName reports whether s is an acceptable repository name.
@@ -310,7 +311,7 @@ func validURL(s string) error {
 			return nil
 		}
 		return fmt.Errorf("unsupported scheme %q", u.Scheme)
-	case regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`).MatchString(s):
+	case scpLikeRE.MatchString(s):
 		return nil
 	}
 	return errors.New("want https://, ssh://, git://, file://, user@host:path or an absolute path")
@@ -325,6 +326,3 @@ func (c *Config) Repository(name string) (Repository, bool) {
 	}
 	return Repository{}, false
 }
-
-// Getenv is os.Getenv, for callers of Load.
-func Getenv(k string) string { return os.Getenv(k) }
