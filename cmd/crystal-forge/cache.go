@@ -23,6 +23,7 @@ type cacheFlags struct {
 	keyFiles    stringList
 	priority    int
 	compression string
+	narMemMiB   int
 	store       nixstore.Config
 }
 
@@ -30,6 +31,7 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	fs.Var(&c.keyFiles, "key-file", "secret signing key file; repeat to sign with several keys (default "+keygen.DefaultKeyFile+")")
 	fs.IntVar(&c.priority, "priority", 40, "Priority advertised in nix-cache-info (lower is preferred)")
 	fs.StringVar(&c.compression, "compression", cache.CompressionZstd, "on-the-fly NAR compression when the client accepts it: zstd or none")
+	fs.IntVar(&c.narMemMiB, "small-nar-memory", 64, "MiB of memory for keeping NARs of up to 64 KiB ready to send; 0 turns it off")
 	fs.StringVar(&c.store.StoreDir, "store-dir", "/nix/store", "Nix store directory")
 	fs.StringVar(&c.store.RealStoreDir, "real-store-dir", "", "where the store's files are on disk, for a chroot store (default: --store-dir)")
 	fs.StringVar(&c.store.DBPath, "nix-db", "/nix/var/nix/db/db.sqlite", "Nix's store database, opened read-only")
@@ -54,7 +56,11 @@ func (c *cacheFlags) open(ctx context.Context, log *slog.Logger) (*cache.Server,
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := cache.New(cache.Config{Store: store, Keys: keys, Priority: c.priority, Compression: c.compression, Logger: log})
+	narMem := int64(c.narMemMiB) << 20
+	if narMem <= 0 {
+		narMem = -1 // off
+	}
+	srv, err := cache.New(cache.Config{Store: store, Keys: keys, Priority: c.priority, Compression: c.compression, SmallNarCacheBytes: narMem, Logger: log})
 	if err != nil {
 		store.Close()
 		return nil, nil, err

@@ -35,7 +35,10 @@ type Config struct {
 	Compression string
 	// NarinfoCacheSize bounds the number of rendered narinfos kept in memory.
 	NarinfoCacheSize int
-	Logger           *slog.Logger
+	// SmallNarCacheBytes bounds the memory of NARs of up to 64 KiB kept in
+	// memory; 0 means 64 MiB, negative turns it off.
+	SmallNarCacheBytes int64
+	Logger             *slog.Logger
 	// Registry receives the cache's metrics; nil makes a private one.
 	Registry *prometheus.Registry
 }
@@ -52,6 +55,7 @@ type Server struct {
 	registry    *prometheus.Registry
 	mux         *http.ServeMux
 	zstdPool    sync.Pool
+	smallNars   *smallNars // nil when off
 }
 
 // New builds a Server. It fails when there is no signing key: an unsigned
@@ -87,10 +91,20 @@ func New(cfg Config) (*Server, error) {
 		keys:        cfg.Keys,
 		compression: cfg.Compression,
 		log:         cfg.Logger,
-		narinfos:    newNarinfoCache(cfg.NarinfoCacheSize),
 		metrics:     newMetrics(cfg.Registry),
 		registry:    cfg.Registry,
 	}
+	switch {
+	case cfg.SmallNarCacheBytes == 0:
+		s.smallNars = &smallNars{budget: 64 << 20}
+	case cfg.SmallNarCacheBytes > 0:
+		s.smallNars = &smallNars{budget: cfg.SmallNarCacheBytes}
+	}
+	var onEvict func(*pathEntry)
+	if s.smallNars != nil {
+		onEvict = s.smallNars.release
+	}
+	s.narinfos = newNarinfoCache(cfg.NarinfoCacheSize, onEvict)
 	pubs := make([]string, len(cfg.Keys))
 	for i, k := range cfg.Keys {
 		pubs[i] = k.Public().String()

@@ -124,6 +124,10 @@ func (s *Server) serveRawNar(w http.ResponseWriter, r *http.Request, e *pathEntr
 // dump streams part of the NAR; on failure after the header is out it
 // aborts the connection so the client cannot take a short body for a whole one.
 func (s *Server) dump(w io.Writer, r *http.Request, e *pathEntry, off, length int64) {
+	if b := s.smallNar(e); b != nil {
+		w.Write(b[off : off+length])
+		return
+	}
 	n, err := nar.DumpRange(w, e.real, off, length)
 	if err == nil && n != length {
 		err = fmt.Errorf("NAR of %s is %d bytes from offset %d, database says %d: store corrupt or path changed", e.info.Path, n, off, length)
@@ -146,7 +150,12 @@ func (s *Server) streamZstd(w http.ResponseWriter, r *http.Request, e *pathEntry
 	}
 	enc := s.getZstd(w)
 	defer s.zstdPool.Put(enc)
-	if _, err := nar.Dump(enc, e.real); err != nil {
+	if b := s.smallNar(e); b != nil {
+		if _, err := enc.Write(b); err != nil {
+			enc.Reset(nil)
+			s.abort(r, e, err)
+		}
+	} else if _, err := nar.Dump(enc, e.real); err != nil {
 		enc.Reset(nil)
 		s.abort(r, e, err)
 	}

@@ -29,6 +29,10 @@ type pathEntry struct {
 	narinfo []byte
 	id      fileID
 	checked atomic.Int64 // unix nanoseconds of the last lstat that matched id
+
+	nar         atomic.Pointer[[]byte] // the whole NAR, for small paths
+	narReleased atomic.Bool
+	evicted     atomic.Bool
 }
 
 // recheckEvery is how long a cached path is trusted without an lstat.
@@ -57,13 +61,21 @@ func statID(p string) (fileID, error) {
 // database query and a signature. It is bounded; eviction is random
 // (map iteration order), which is cheap and good enough for a working set.
 type narinfoCache struct {
-	mu  sync.RWMutex
-	max int
-	m   map[string]*pathEntry
+	mu      sync.RWMutex
+	max     int
+	m       map[string]*pathEntry
+	onEvict func(*pathEntry)
 }
 
-func newNarinfoCache(max int) *narinfoCache {
-	return &narinfoCache{max: max, m: make(map[string]*pathEntry)}
+func newNarinfoCache(max int, onEvict func(*pathEntry)) *narinfoCache {
+	return &narinfoCache{max: max, m: make(map[string]*pathEntry), onEvict: onEvict}
+}
+
+func (c *narinfoCache) evict(e *pathEntry) {
+	e.evicted.Store(true)
+	if c.onEvict != nil {
+		c.onEvict(e)
+	}
 }
 
 func (c *narinfoCache) get(hash string) *pathEntry {
@@ -75,9 +87,12 @@ func (c *narinfoCache) get(hash string) *pathEntry {
 
 func (c *narinfoCache) put(hash string, e *pathEntry) {
 	c.mu.Lock()
-	if len(c.m) >= c.max {
-		for k := range c.m {
+	if old := c.m[hash]; old != nil {
+		c.evict(old)
+	} else if len(c.m) >= c.max {
+		for k, old := range c.m {
 			delete(c.m, k)
+			c.evict(old)
 			break
 		}
 	}
@@ -87,7 +102,10 @@ func (c *narinfoCache) put(hash string, e *pathEntry) {
 
 func (c *narinfoCache) drop(hash string) {
 	c.mu.Lock()
-	delete(c.m, hash)
+	if old := c.m[hash]; old != nil {
+		delete(c.m, hash)
+		c.evict(old)
+	}
 	c.mu.Unlock()
 }
 
