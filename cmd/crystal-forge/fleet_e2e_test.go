@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -186,14 +185,7 @@ repository = "nixos-configs"
 // the output of nixosConfigurations.chesty, checking it was evaluated first.
 func buildNixos(t *testing.T, srv *testsupport.Server) string {
 	t.Helper()
-	code, body := srv.Post(t, "/build/trigger/nixos-configs")
-	if code != 200 {
-		t.Fatalf("trigger: %d %s", code, body)
-	}
-	var trig struct {
-		BuildID int64 `json:"build_id"`
-	}
-	json.Unmarshal(body, &trig)
+	id := trigger(t, srv, "nixos-configs")
 	var b struct {
 		Status  string `json:"status"`
 		Results []struct {
@@ -203,14 +195,13 @@ func buildNixos(t *testing.T, srv *testsupport.Server) string {
 		} `json:"results"`
 	}
 	testsupport.WaitUntil(t, "the nixos build to finish", func() bool {
-		srv.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", trig.BuildID), &b)
+		srv.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
 		return b.Status != "queued" && b.Status != "running"
 	})
+	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
 	if b.Status != "success" || len(b.Results) != 1 || b.Results[0].Status != "success" || len(b.Results[0].OutPaths) != 1 {
-		_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", trig.BuildID))
 		t.Fatalf("nixos build: %+v\n%s", b, log)
 	}
-	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", trig.BuildID))
 	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+b.Results[0].DrvPath) {
 		t.Errorf("log does not record the evaluated derivation %s:\n%s", b.Results[0].DrvPath, log)
 	}
