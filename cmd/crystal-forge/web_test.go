@@ -230,7 +230,7 @@ func TestWebPageServerRestart(t *testing.T) {
 		&& document.querySelector("#log").textContent.includes("blocker slow waiting for release")`, card))
 
 	srv.Kill(t)
-	srv = testsupport.StartServerWithConfig(t, srv.Config)
+	testsupport.StartServerWithConfig(t, srv.Config) // same ports: the open page reconnects
 
 	waitJS("the card to show the build failed", fmt.Sprintf(`document.querySelector("%s span.status")?.textContent === "failed"`, card))
 	waitJS("the build detail to show it failed", `document.querySelector("#build-status")?.textContent === "failed"

@@ -70,10 +70,8 @@ type run struct {
 	log    *liveLog
 }
 
-var (
-	errCancelled = errors.New("cancelled")
-	errShutdown  = errors.New("interrupted: server stopped")
-)
+// errCancelled is the cause of a context ended by Cancel.
+var errCancelled = errors.New("cancelled")
 
 // New returns an orchestrator; call Start before triggering builds.
 func New(cfg Config) (*Orchestrator, error) {
