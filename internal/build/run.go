@@ -47,9 +47,8 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		delete(o.running, b.ID)
 		o.mu.Unlock()
 		lg.close()
-		// publish first: it drops the cached status writeStatusFile reads.
-		o.publish(b)
 		o.writeStatusFile(bg, b.Repository)
+		o.publish(b)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
 	}()
 
@@ -73,8 +72,8 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		return
 	}
 	b.Status, b.StartedAt = db.StatusRunning, &start
-	o.publish(b)
 	o.writeStatusFile(bg, b.Repository)
+	o.publish(b)
 
 	err := o.phases(ctx, rn, repo)
 	switch {

@@ -67,7 +67,7 @@ func SpecStatus(repo string, b *db.Build) Status {
 	return s
 }
 
-// Status returns the spec status of repo.
+// Status returns the spec status of repo, from memory between transitions.
 func (o *Orchestrator) Status(ctx context.Context, repo string) (Status, error) {
 	if _, ok := o.repos[repo]; !ok {
 		return Status{}, ErrUnknownRepository
@@ -79,14 +79,9 @@ func (o *Orchestrator) Status(ctx context.Context, repo string) (Status, error) 
 	if ok {
 		return st, nil
 	}
-	b, err := o.db.LatestBuild(ctx, repo)
-	switch {
-	case errors.Is(err, db.ErrNotFound):
-		st = SpecStatus(repo, nil)
-	case err != nil:
+	st, err := o.loadStatus(ctx, repo)
+	if err != nil {
 		return Status{}, err
-	default:
-		st = SpecStatus(repo, b)
 	}
 	o.statusMu.Lock()
 	if o.statusGen[repo] == gen {
@@ -96,10 +91,23 @@ func (o *Orchestrator) Status(ctx context.Context, repo string) (Status, error) 
 	return st, nil
 }
 
+// loadStatus reads repo's spec status from the database.
+func (o *Orchestrator) loadStatus(ctx context.Context, repo string) (Status, error) {
+	b, err := o.db.LatestBuild(ctx, repo)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		return SpecStatus(repo, nil), nil
+	case err != nil:
+		return Status{}, err
+	}
+	return SpecStatus(repo, b), nil
+}
+
 // writeStatusFile mirrors the status into ${DATA_DIR}/status/<repo>.json
-// (temp file + rename, as the spec asks), for tools that read it.
+// (temp file + rename, as the spec asks), for tools that read it. It reads
+// the database, never the in-memory copy, which may not be dropped yet.
 func (o *Orchestrator) writeStatusFile(ctx context.Context, repo string) {
-	s, err := o.Status(ctx, repo)
+	s, err := o.loadStatus(ctx, repo)
 	if err != nil {
 		o.log.Warn("status file: read status", "repository", repo, "err", err)
 		return
