@@ -18,9 +18,9 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
-// cacheFlags are the binary cache's settings, shared by `cache` and `server`.
+// cacheFlags are the binary cache's serving settings, shared by `cache`
+// and `server` (which differ in where the signing keys come from).
 type cacheFlags struct {
-	keyFiles    stringList
 	priority    int
 	compression string
 	narMemMiB   int
@@ -28,7 +28,6 @@ type cacheFlags struct {
 }
 
 func (c *cacheFlags) register(fs *flag.FlagSet) {
-	fs.Var(&c.keyFiles, "key-file", "secret signing key file; repeat to sign with several keys (default "+keygen.DefaultKeyFile+")")
 	fs.IntVar(&c.priority, "priority", 40, "Priority advertised in nix-cache-info (lower is preferred)")
 	fs.StringVar(&c.compression, "compression", cache.CompressionZstd, "on-the-fly NAR compression when the client accepts it: zstd or none")
 	fs.IntVar(&c.narMemMiB, "small-nar-memory", 64, "MiB of memory for keeping NARs of up to 64 KiB ready to send; 0 turns it off")
@@ -38,20 +37,9 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.store.LogDir, "nix-log-dir", "/nix/var/log/nix", "Nix's build log directory")
 }
 
-// open loads the keys and the store; the keys first, so a missing key is
-// reported even on a machine without a store.
-func (c *cacheFlags) open(ctx context.Context, log *slog.Logger) (*cache.Server, func(), error) {
-	if len(c.keyFiles) == 0 {
-		c.keyFiles = stringList{keygen.DefaultKeyFile}
-	}
-	var keys []*signing.SecretKey
-	for _, f := range c.keyFiles {
-		k, err := signing.LoadSecretKeyFile(f)
-		if err != nil {
-			return nil, nil, err
-		}
-		keys = append(keys, k)
-	}
+// open opens the store and builds the cache over it, signing with keys.
+// The caller closes the store.
+func (c *cacheFlags) open(ctx context.Context, log *slog.Logger, keys []*signing.SecretKey) (*cache.Server, *nixstore.Store, error) {
 	store, err := nixstore.Open(ctx, c.store)
 	if err != nil {
 		return nil, nil, err
@@ -65,7 +53,7 @@ func (c *cacheFlags) open(ctx context.Context, log *slog.Logger) (*cache.Server,
 		store.Close()
 		return nil, nil, err
 	}
-	return srv, func() { store.Close() }, nil
+	return srv, store, nil
 }
 
 func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Logger) error {
@@ -73,16 +61,30 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "[::]:5000", "address to serve the cache on")
 	pprofAddr := fs.String("pprof-listen", "", "serve Go's profiler (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
+	var keyFiles stringList
+	fs.Var(&keyFiles, "key-file", "secret signing key file; repeat to sign with several keys (default "+keygen.DefaultKeyFile+")")
 	var cf cacheFlags
 	cf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	srv, closeStore, err := cf.open(ctx, log)
+	if len(keyFiles) == 0 {
+		keyFiles = stringList{keygen.DefaultKeyFile}
+	}
+	// Keys first, so a missing key is reported even on a machine without a store.
+	var keys []*signing.SecretKey
+	for _, f := range keyFiles {
+		k, err := signing.LoadSecretKeyFile(f)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, k)
+	}
+	srv, store, err := cf.open(ctx, log, keys)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
+	defer store.Close()
 	if *pprofAddr != "" {
 		go func() {
 			if err := serve(ctx, log, "pprof", *pprofAddr, pprofHandler(), serveHooks{}); err != nil {

@@ -15,14 +15,12 @@ import (
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/build"
-	"github.com/crystal-forge/crystal-forge/internal/cache"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/demo"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
-	"github.com/crystal-forge/crystal-forge/internal/nixstore"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -35,9 +33,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	dataDir := fs.String("data-dir", "", "override data_dir (and BUILD_SERVER_DATA_DIR)")
 	keyFile := fs.String("key-file", "", "override key_file")
 	withDemo := fs.Bool("demo", false, "create and register a small local demo flake repository")
-	var store nixstore.Config
-	fs.StringVar(&store.StoreDir, "store-dir", "/nix/store", "Nix store directory the cache serves")
-	fs.StringVar(&store.DBPath, "nix-db", "/nix/var/nix/db/db.sqlite", "Nix's store database, opened read-only")
+	var cf cacheFlags
+	cf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -113,15 +110,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 
-	st, err := nixstore.Open(ctx, store)
+	cacheSrv, st, err := cf.open(ctx, log, []*signing.SecretKey{key.Key})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	cacheSrv, err := cache.New(cache.Config{Store: st, Keys: []*signing.SecretKey{key.Key}, Priority: 40, Logger: log})
-	if err != nil {
-		return err
-	}
 	fleetSvc := fleet.New(fleet.Config{
 		DB:           database,
 		Store:        st,
