@@ -17,6 +17,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/web"
 )
 
 // Info is what /info reports about the server.
@@ -80,7 +81,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
 	m.HandleFunc("GET /api/v1/events", s.events)
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
-	m.Handle("GET /static/", staticHandler())
+	m.Handle("GET /static/", web.Static())
 	if cfg.Fleet != nil {
 		s.registerFleet()
 	}

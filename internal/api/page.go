@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -34,7 +33,3 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Write(buf.Bytes())
 }
-
-func staticHandler() http.Handler { return web.Static() }
-
-func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }

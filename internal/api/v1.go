@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -280,7 +281,7 @@ func (s *sse) send(event string, data []byte) error {
 }
 
 func (s *sse) sendJSON(event string, v any) error {
-	b, err := jsonBytes(v)
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
