@@ -144,15 +144,6 @@ func New(cfg Config) (*Server, error) {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// PublicKeys returns the public keys of the signing keys, "name:base64" each.
-func (s *Server) PublicKeys() []string {
-	out := make([]string, len(s.keys))
-	for i, k := range s.keys {
-		out[i] = k.Public().String()
-	}
-	return out
-}
-
 func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
 	w.Header().Set("Content-Length", strconv.Itoa(len(s.cacheInfo)))

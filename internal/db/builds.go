@@ -190,15 +190,6 @@ func (d *DB) LatestBuild(ctx context.Context, repo string) (*Build, error) {
 	return b, err
 }
 
-// LatestFinished returns the repository's newest finished build, or ErrNotFound.
-func (d *DB) LatestFinished(ctx context.Context, repo string) (*Build, error) {
-	b, err := scanBuild(d.sql.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1`, repo))
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		err = fmt.Errorf("latest finished build of %s: %w", repo, err)
-	}
-	return b, err
-}
-
 // LastBuiltCommit returns the newest commit any build of repo got to, or "".
 func (d *DB) LastBuiltCommit(ctx context.Context, repo string) (string, error) {
 	var c string

@@ -95,9 +95,6 @@ func (d *DB) Close() error { return d.sql.Close() }
 // Ping checks the database answers.
 func (d *DB) Ping(ctx context.Context) error { return d.sql.PingContext(ctx) }
 
-// Dialect reports the engine.
-func (d *DB) Dialect() Dialect { return d.dialect }
-
 // migrate applies the dialect's migrations not yet recorded, each in its
 // own transaction, in file-name order.
 func (d *DB) migrate(ctx context.Context) error {
