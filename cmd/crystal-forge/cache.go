@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/http1"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
@@ -87,30 +88,48 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	defer store.Close()
 	if *pprofAddr != "" {
 		go func() {
-			if err := serve(ctx, log, "pprof", *pprofAddr, pprofHandler(), serveHooks{}); err != nil {
+			if err := serve(ctx, log, "pprof", *pprofAddr, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {
 				log.Error("pprof", "err", err)
 			}
 		}()
 	}
-	return serve(ctx, log, "cache", *listen, srv, serveHooks{})
+	return serve(ctx, log, "cache", *listen, cacheServer(log, srv), serveHooks{})
 }
 
 // serveHooks are optional callbacks around a server's life.
 type serveHooks struct {
-	listening  func() // the socket is bound
-	stopped    func() // the server no longer serves
-	onShutdown func() // shutdown began: end long-lived streams
+	listening func() // the socket is bound
+	stopped   func() // the server no longer serves
 }
 
-// serve runs h on addr until ctx ends, then drains for up to 10 seconds.
-func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Handler, hooks serveHooks) error {
+// httpServer is what serve runs: net/http's server, or http1's for the
+// binary cache.
+type httpServer interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// stdServer is net/http's server for h, for everything but the cache.
+// onShutdown, when set, is called as shutdown begins (to end streams).
+func stdServer(log *slog.Logger, h http.Handler, onShutdown func()) *http.Server {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if onShutdown != nil {
+		hs.RegisterOnShutdown(onShutdown)
+	}
+	return hs
+}
+
+// cacheServer serves the binary cache with http1, which costs Nix's
+// sequential narinfo and NAR requests less than net/http (docs/benchmarks.md).
+func cacheServer(log *slog.Logger, h http.Handler) *http1.Server {
+	return &http1.Server{Handler: h, Logger: log}
+}
+
+// serve runs hs on addr until ctx ends, then drains for up to 10 seconds.
+func serve(ctx context.Context, log *slog.Logger, name, addr string, hs httpServer, hooks serveHooks) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
-	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	if hooks.onShutdown != nil {
-		hs.RegisterOnShutdown(hooks.onShutdown)
 	}
 	if hooks.listening != nil {
 		hooks.listening()

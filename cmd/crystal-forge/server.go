@@ -149,12 +149,12 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
 	wg.Go(func() {
-		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheSrv,
+		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv),
 			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }})
 	})
 	wg.Go(func() {
-		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), apiSrv,
-			serveHooks{onShutdown: apiSrv.Close})
+		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)),
+			stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
 	})
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc

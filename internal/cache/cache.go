@@ -53,7 +53,7 @@ type Server struct {
 	narinfos    *narinfoCache
 	metrics     *metrics
 	registry    *prometheus.Registry
-	mux         *http.ServeMux
+	routes      routes
 	zstdPool    sync.Pool
 	smallNars   *smallNars // nil when off
 }
@@ -112,39 +112,72 @@ func New(cfg Config) (*Server, error) {
 	s.cacheInfo = []byte(fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\nPublicKeys: %s\n",
 		cfg.Store.StoreDir(), cfg.Priority, strings.Join(pubs, " ")))
 
-	s.mux = http.NewServeMux()
-	// GET patterns also match HEAD; the handlers skip the body for HEAD.
-	s.mux.Handle("GET /nix-cache-info", s.instrument("nix-cache-info", s.serveCacheInfo))
-	s.mux.Handle("GET /nar/{file}", s.instrument("nar", s.serveNar))
-	s.mux.Handle("GET /log/{drv}", s.instrument("log", s.serveLog))
-	s.mux.Handle("GET /health", s.instrument("health", s.serveHealth))
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	// net/http patterns cannot match "/{hash}.narinfo": route every top-level
-	// file and dispatch on the suffix, each kind with its own metrics.
-	narinfoH := s.instrument("narinfo", func(w http.ResponseWriter, r *http.Request) {
-		s.serveNarinfo(w, r, strings.TrimSuffix(r.PathValue("file"), ".narinfo"))
-	})
-	lsH := s.instrument("ls", func(w http.ResponseWriter, r *http.Request) {
-		s.serveListing(w, r, strings.TrimSuffix(r.PathValue("file"), ".ls"))
-	})
-	otherH := s.instrument("other", func(w http.ResponseWriter, r *http.Request) { notFound(w) })
-	s.mux.HandleFunc("GET /{file}", func(w http.ResponseWriter, r *http.Request) {
-		switch file := r.PathValue("file"); {
-		case strings.HasSuffix(file, ".narinfo"):
-			narinfoH.ServeHTTP(w, r)
-		case strings.HasSuffix(file, ".ls"):
-			lsH.ServeHTTP(w, r)
-		default:
-			otherH.ServeHTTP(w, r)
-		}
-	})
+	s.routes = routes{
+		cacheInfo: s.instrument("nix-cache-info", s.serveCacheInfo),
+		narinfo:   s.instrument("narinfo", s.serveNarinfo),
+		listing:   s.instrument("ls", s.serveListing),
+		nar:       s.instrument("nar", s.serveNar),
+		log:       s.instrument("log", s.serveLog),
+		health:    s.instrument("health", s.serveHealth),
+		other:     s.instrument("other", func(w http.ResponseWriter, r *http.Request, _ string) { notFound(w) }),
+		metrics:   promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
+	}
 	return s, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// routes are the cache's endpoints, each with its own metrics. Each handler
+// gets the name its route matched: "<hash>" for /<hash>.narinfo, the file
+// for /nar/<file> and the derivation for /log/<drv>.
+type routes struct {
+	cacheInfo, narinfo, listing, nar, log, health, other handlerFunc
+	metrics                                              http.Handler
+}
 
-func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
+type handlerFunc func(w http.ResponseWriter, r *http.Request, name string)
+
+// ServeHTTP implements http.Handler. The routes are matched by hand: the
+// standard mux cannot match "/{hash}.narinfo", and the cache's few fixed
+// shapes are cheaper to cut than to look up.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	rt := &s.routes
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		rt.cacheInfo(w, r, "")
+	case p == "/health":
+		rt.health(w, r, "")
+	case p == "/metrics":
+		rt.metrics.ServeHTTP(w, r)
+	case strings.HasPrefix(p, "/nar/"):
+		routeFile(w, r, p[len("/nar/"):], "", rt.nar, rt.other)
+	case strings.HasPrefix(p, "/log/"):
+		routeFile(w, r, p[len("/log/"):], "", rt.log, rt.other)
+	case strings.HasSuffix(p, ".narinfo"):
+		routeFile(w, r, p[1:], ".narinfo", rt.narinfo, rt.other)
+	case strings.HasSuffix(p, ".ls"):
+		routeFile(w, r, p[1:], ".ls", rt.listing, rt.other)
+	default:
+		rt.other(w, r, "")
+	}
+}
+
+// routeFile calls h with name minus suffix when name is one non-empty path
+// segment, and other when it is not.
+func routeFile(w http.ResponseWriter, r *http.Request, name, suffix string, h, other handlerFunc) {
+	name = strings.TrimSuffix(name, suffix)
+	if name == "" || strings.Contains(name, "/") {
+		other(w, r, "")
+		return
+	}
+	h(w, r, name)
+}
+
+func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request, _ string) {
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
 	w.Header().Set("Content-Length", strconv.Itoa(len(s.cacheInfo)))
 	if r.Method != http.MethodHead {
@@ -152,7 +185,7 @@ func (s *Server) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, _ string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)

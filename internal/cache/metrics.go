@@ -36,22 +36,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 // instrument wraps a handler with the endpoint's metrics. The counters are
-// resolved once here, not per request.
-func (s *Server) instrument(endpoint string, h http.HandlerFunc) http.Handler {
+// resolved once here, not per request; so are those of the usual codes.
+func (s *Server) instrument(endpoint string, h handlerFunc) handlerFunc {
 	bytes := s.metrics.bytes.WithLabelValues(endpoint)
 	latency := s.metrics.latency.WithLabelValues(endpoint)
 	requests := s.metrics.requests.MustCurryWith(prometheus.Labels{"endpoint": endpoint})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ok := requests.WithLabelValues("200")
+	notFound := requests.WithLabelValues("404")
+	return func(w http.ResponseWriter, r *http.Request, name string) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
-			// Count aborted streams too, then let net/http see the panic.
+			// Count aborted streams too, then let the server see the panic.
 			latency.Observe(time.Since(start).Seconds())
 			bytes.Add(float64(rec.n))
-			requests.WithLabelValues(strconv.Itoa(rec.code)).Inc()
+			switch rec.code {
+			case http.StatusOK:
+				ok.Inc()
+			case http.StatusNotFound:
+				notFound.Inc()
+			default:
+				requests.WithLabelValues(strconv.Itoa(rec.code)).Inc()
+			}
 		}()
-		h(rec, r)
-	})
+		h(rec, r, name)
+	}
 }
 
 // recorder notes status and size. It forwards ReadFrom so that NAR file

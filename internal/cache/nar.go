@@ -37,8 +37,8 @@ func parseNarFile(file string) (stem, comp string, ok bool) {
 
 // serveNar answers /nar/<narhash>.nar?hash=<storehash> (the URL our
 // narinfos name, as Harmonia's do) and /nar/<storehash>.nar[.xz|.zst].
-func (s *Server) serveNar(w http.ResponseWriter, r *http.Request) {
-	stem, comp, ok := parseNarFile(r.PathValue("file"))
+func (s *Server) serveNar(w http.ResponseWriter, r *http.Request, file string) {
+	stem, comp, ok := parseNarFile(file)
 	if !ok {
 		notFound(w)
 		return
@@ -280,8 +280,7 @@ func parseRange(h string, size int64) (off, length int64, err error) {
 
 // serveLog answers /log/<drv> with the build log Nix kept, decompressed.
 // An output path's base name is accepted too and mapped to its deriver.
-func (s *Server) serveLog(w http.ResponseWriter, r *http.Request) {
-	drv := r.PathValue("drv")
+func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, drv string) {
 	hash, ok := nixstore.ParseHashPart(drv)
 	if !ok {
 		notFound(w)

@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,11 +24,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/http1"
 	"github.com/crystal-forge/crystal-forge/internal/nar"
 	"github.com/crystal-forge/crystal-forge/internal/narinfo"
 	"github.com/crystal-forge/crystal-forge/internal/nixbase32"
@@ -79,9 +82,21 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 		t.Fatal(err)
 	}
 	h := &harness{srv: srv, acceptEncoding: acceptEncoding}
-	ts := httptest.NewServer(h.wrap(srv))
+	// The server the binaries use, so real Nix clients exercise it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http1.Server{Handler: h.wrap(srv), Logger: cfg.Logger}
+	go hs.Serve(ln)
+	transport := &http.Transport{DisableCompression: true}
 	t.Cleanup(func() {
-		ts.Close() // waits for the handlers
+		transport.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(ctx); err != nil { // waits for the handlers
+			t.Errorf("cache server shutdown: %v", err)
+		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		for _, r := range h.responses {
@@ -90,9 +105,8 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 			}
 		}
 	})
-	h.url = ts.URL
-	h.client = ts.Client()
-	h.client.Transport.(*http.Transport).DisableCompression = true
+	h.url = "http://" + ln.Addr().String()
+	h.client = &http.Client{Transport: transport}
 	return h
 }
 
