@@ -972,13 +972,28 @@ func TestHostileRequests(t *testing.T) {
 		"/no-such-file",
 	} {
 		t.Run(uri, func(t *testing.T) {
-			// The client follows redirects: net/http's mux answers a path
-			// with ".." segments with a redirect to its cleaned form.
+			// Paths are not cleaned: a ".." segment is no store name.
 			resp, body := h.do(t, http.MethodGet, uri, nil)
 			if resp.StatusCode != http.StatusNotFound {
 				t.Errorf("GET %s: %s, want 404: %.200q", uri, resp.Status, body)
 			}
 		})
+	}
+}
+
+// TestMethods: the cache is read-only; other methods are 405 with Allow.
+func TestMethods(t *testing.T) {
+	testsupport.RequireNix(t)
+	key, _ := newKey(t)
+	h := startCache(t, cache.Config{Keys: []*signing.SecretKey{key}}, "")
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, "PURGE"} {
+		resp, _ := h.do(t, method, "/nix-cache-info", nil)
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("%s: %s, Allow %q; want 405 with Allow: GET, HEAD", method, resp.Status, resp.Header.Get("Allow"))
+		}
+	}
+	if resp, _ := h.do(t, http.MethodHead, "/nix-cache-info", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("HEAD: %s", resp.Status)
 	}
 }
 
