@@ -32,6 +32,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	fs.StringVar(&cfg.StoreRoot, "store-root", "", "root of a chroot Nix store to deploy into (for tests; default: the system store)")
 	fs.StringVar(&cfg.SysRoot, "sys-root", "/", "directory to read hardware facts under")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "report what a deploy would do instead of doing it")
+	fs.DurationVar(&cfg.ActivationTimeout, "activation-timeout", agent.DefaultActivationTimeout,
+		"stop switch-to-configuration after this long and roll back (negative: no limit)")
 	once := fs.Bool("once", false, "send one heartbeat, act on the answer, and exit")
 	if err := parse(fs, args); err != nil {
 		return err

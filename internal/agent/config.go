@@ -23,6 +23,10 @@ const (
 	DefaultJitter         = time.Minute
 	DefaultStoreDir       = "/nix/store"
 	DefaultRequestTimeout = 30 * time.Second
+	// DefaultActivationTimeout bounds one switch-to-configuration run: a
+	// hung activation (a unit that never settles) is stopped and rolled
+	// back instead of blocking the agent for good.
+	DefaultActivationTimeout = 15 * time.Minute
 )
 
 // Config configures an Agent and its Deployer. Empty fields take the
@@ -70,6 +74,10 @@ type Config struct {
 
 	// DryRun reports what a deploy would do instead of doing it.
 	DryRun bool
+	// ActivationTimeout bounds each switch-to-configuration run (the new
+	// system's, and the previous one's in a rollback); 0 means
+	// DefaultActivationTimeout, negative means no limit.
+	ActivationTimeout time.Duration
 
 	// Version is the agent version sent with heartbeats.
 	Version string
@@ -118,6 +126,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.ActivationTimeout == 0 {
+		c.ActivationTimeout = DefaultActivationTimeout
 	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = &http.Client{}

@@ -48,7 +48,9 @@ func NewDeployer(cfg Config) (*Deployer, error) {
 //
 // Once the profile is about to change, the remaining steps (and any
 // rollback) run to completion even if ctx is cancelled: killing an
-// activation halfway would leave the host in neither configuration.
+// activation halfway would leave the host in neither configuration. Only
+// an activation that outlives ActivationTimeout is stopped, and then rolled
+// back like one that failed.
 func (d *Deployer) Deploy(ctx context.Context, target string) fleetproto.DeploymentReport {
 	r, _ := d.deploy(ctx, target)
 	return r
@@ -196,8 +198,20 @@ func (d *Deployer) nixEnv(ctx context.Context, log *slog.Logger, args ...string)
 	return d.run(ctx, log, "nix-env", append(all, args...)...)
 }
 
+// activate runs system's switch-to-configuration, for at most
+// ActivationTimeout: then its process group gets SIGTERM, and SIGKILL if it
+// lingers, and the deploy rolls back as for any failed activation.
 func (d *Deployer) activate(ctx context.Context, log *slog.Logger, system string) error {
-	return d.run(ctx, log, d.storeFile(system, switchScript), "switch")
+	if d.cfg.ActivationTimeout < 0 {
+		return d.run(ctx, log, d.storeFile(system, switchScript), "switch")
+	}
+	actx, cancel := context.WithTimeout(ctx, d.cfg.ActivationTimeout)
+	defer cancel()
+	err := d.run(actx, log, d.storeFile(system, switchScript), "switch")
+	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("timed out after %s (stopped): %w", d.cfg.ActivationTimeout, err)
+	}
+	return err
 }
 
 // currentGeneration returns the generation number the profile points at.

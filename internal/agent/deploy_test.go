@@ -10,8 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
@@ -24,28 +27,31 @@ import (
 // bin/switch-to-configuration that appends "activated <itself> <action>" to
 // the log file and points the current-system link at itself, both paths
 // baked in at build time (the script runs as the test, so any path works).
-// The "bad" system records its activation and fails before switching.
+// The "bad" system records its activation and fails before switching; the
+// "hang" one records it, writes its PID next to the log and never finishes.
 // "notsystem" has no switch script.
 const systemsNix = `{ nonce, log, current }:
 let
-  mk = name: fail: derivation {
+  mk = name: mode: derivation {
     name = "nixos-system-${name}-${nonce}";
     system = builtins.currentSystem;
     builder = "/bin/sh";
     PATH = "/usr/bin:/bin";
-    inherit nonce log current fail;
+    inherit nonce log current mode;
     args = [ "-e" "-c" ''
       mkdir -p $out/bin
       s=$out/bin/switch-to-configuration
       printf '#!/bin/sh\necho "activated %s $1" >> "%s"\n' "$out" "$log" > $s
-      if [ "$fail" = 1 ]; then printf 'echo "switch failed on purpose" >&2\nexit 1\n' >> $s; fi
+      if [ "$mode" = fail ]; then printf 'echo "switch failed on purpose" >&2\nexit 1\n' >> $s; fi
+      if [ "$mode" = hang ]; then printf 'echo $$ > "%s.hang-pid"\nexec sleep 3600\n' "$log" >> $s; fi
       printf 'ln -sfn "%s" "%s"\n' "$out" "$current" >> $s
       chmod 0755 $s
     '' ];
   };
 in [
-  (mk "good" "0")
-  (mk "bad" "1")
+  (mk "good" "ok")
+  (mk "bad" "fail")
+  (mk "hang" "hang")
   (derivation {
     name = "notsystem-${nonce}";
     system = builtins.currentSystem;
@@ -58,8 +64,8 @@ in [
 
 // fakeSystems are fresh system closures in the system store.
 type fakeSystems struct {
-	good, bad, notSystem string
-	log                  string // the activation log
+	good, bad, hang, notSystem string
+	log                        string // the activation log
 }
 
 // buildSystems builds fakeSystems whose switch scripts log to dir's
@@ -86,12 +92,14 @@ func buildSystems(t *testing.T, dir, current string) fakeSystems {
 			sys.good = p
 		case strings.Contains(p, "-nixos-system-bad-"):
 			sys.bad = p
+		case strings.Contains(p, "-nixos-system-hang-"):
+			sys.hang = p
 		case strings.Contains(p, "-notsystem-"):
 			sys.notSystem = p
 		}
 	}
-	if sys.good == "" || sys.bad == "" || sys.notSystem == "" {
-		t.Fatalf("nix-build printed %q, want three systems", out)
+	if sys.good == "" || sys.bad == "" || sys.hang == "" || sys.notSystem == "" {
+		t.Fatalf("nix-build printed %q, want four systems", out)
 	}
 	t.Cleanup(func() {
 		drvs, _ := testsupport.NixOutput(context.Background(), append([]string{"nix-store", "--query", "--deriver"}, paths...)...)
@@ -268,6 +276,51 @@ func TestDeploySwitchesAndRollsBack(t *testing.T) {
 	checkProfile(t, cfg.Profile, "1", sys.good)
 	if got := sys.activations(t); len(got) != 3 {
 		t.Errorf("activation log %q after refusing a non-system", got)
+	}
+}
+
+// TestDeployActivationTimeout: an activation that never finishes is
+// stopped (its whole process group) after ActivationTimeout and rolled back.
+func TestDeployActivationTimeout(t *testing.T) {
+	env := newDeployEnv(t)
+	cfg, sys := env.cfg, env.sys
+	cfg.ActivationTimeout = 2 * time.Second
+	d := newDeployer(t, cfg)
+	if r := d.Deploy(t.Context(), sys.good); r.Status != fleetproto.DeploySuccess {
+		t.Fatalf("deploy good: status %q, error %q", r.Status, r.Error)
+	}
+
+	r := d.Deploy(t.Context(), sys.hang)
+	if r.Status != fleetproto.DeployRolledBack {
+		t.Fatalf("deploy hang: status %q, error %q; want rolled-back", r.Status, r.Error)
+	}
+	if want := "activate " + sys.hang + ": timed out after 2s"; !strings.Contains(r.Error, want) {
+		t.Errorf("error %q does not say %q", r.Error, want)
+	}
+	want := []string{
+		"activated " + sys.good + " switch",
+		"activated " + sys.hang + " switch",
+		"activated " + sys.good + " switch",
+	}
+	if got := sys.activations(t); !slices.Equal(got, want) {
+		t.Errorf("activation log\n%q\nwant\n%q", got, want)
+	}
+	if cur := readLink(cfg.CurrentSystem); cur != sys.good {
+		t.Errorf("current system %q after the rollback, want %q", cur, sys.good)
+	}
+	checkProfile(t, cfg.Profile, "1", sys.good)
+
+	// The hung script exec'd sleep under the same PID: it must be gone.
+	data, err := os.ReadFile(sys.log + ".hang-pid")
+	if err != nil {
+		t.Fatalf("the hang system did not record its PID: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatalf("hang PID %q: %v", data, err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the hung activation (pid %d) still exists after the deploy: kill -0 = %v", pid, err)
 	}
 }
 
