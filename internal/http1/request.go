@@ -52,22 +52,22 @@ func (c *conn) readLine(tooLong int) ([]byte, error) {
 	return line, nil
 }
 
-// readRequest parses the next request into c.req, reusing its fields. It
-// reports whether the client allows the connection to be kept.
-func (c *conn) readRequest() (keepAlive bool, err error) {
+// readRequest parses the next request into c.req, reusing its fields;
+// r.Close says whether the client lets the connection be kept.
+func (c *conn) readRequest() error {
 	line, err := c.readLine(http.StatusRequestURITooLong)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if len(line) == 0 { // RFC 9112 §2.2: ignore one empty line before a request
 		if line, err = c.readLine(http.StatusRequestURITooLong); err != nil {
-			return false, err
+			return err
 		}
 	}
 	method, rest, ok1 := bytes.Cut(line, []byte{' '})
 	target, proto, ok2 := bytes.Cut(rest, []byte{' '})
 	if !ok1 || !ok2 || len(method) == 0 || !isToken(method) || len(target) == 0 {
-		return false, badRequest("malformed request line")
+		return badRequest("malformed request line")
 	}
 	r := c.req
 	*r = *c.base // every field fresh (Form, Pattern, path values...), same context
@@ -81,37 +81,37 @@ func (c *conn) readRequest() (keepAlive bool, err error) {
 		major, minor, ok := http.ParseHTTPVersion(string(proto))
 		switch {
 		case !ok:
-			return false, badRequest("malformed HTTP version")
+			return badRequest("malformed HTTP version")
 		case major != 1:
-			return false, &protocolError{http.StatusHTTPVersionNotSupported, "HTTP version not supported"}
+			return &protocolError{http.StatusHTTPVersionNotSupported, "HTTP version not supported"}
 		}
 		r.Proto, r.ProtoMajor, r.ProtoMinor = string(proto), major, minor
 	}
 	r.Method = internMethod(method)
 	for _, b := range target {
 		if b <= ' ' || b == 0x7f {
-			return false, badRequest("control character in request target")
+			return badRequest("control character in request target")
 		}
 	}
 	// The path and query share RequestURI's one allocation.
 	r.RequestURI = string(target)
 	if err := c.parseTarget(r.RequestURI); err != nil {
-		return false, err
+		return err
 	}
 
 	if err := c.readHeaders(); err != nil {
-		return false, err
+		return err
 	}
 	h := c.hdr
 	r.Header = h
 	hosts := h["Host"]
 	switch {
 	case len(hosts) > 1:
-		return false, badRequest("more than one Host header")
+		return badRequest("more than one Host header")
 	case len(hosts) == 1:
 		r.Host = hosts[0]
 	case r.ProtoMinor >= 1:
-		return false, badRequest("missing Host header")
+		return badRequest("missing Host header")
 	default:
 		r.Host = ""
 	}
@@ -119,7 +119,7 @@ func (c *conn) readRequest() (keepAlive bool, err error) {
 		r.Host = r.URL.Host
 	}
 
-	keepAlive = r.ProtoMinor >= 1
+	keepAlive := r.ProtoMinor >= 1
 	for _, v := range h["Connection"] {
 		for _, tok := range strings.Split(v, ",") {
 			switch strings.ToLower(strings.TrimSpace(tok)) {
@@ -133,10 +133,7 @@ func (c *conn) readRequest() (keepAlive bool, err error) {
 	}
 	r.Close = !keepAlive
 
-	if err := c.setBody(); err != nil {
-		return false, err
-	}
-	return keepAlive, nil
+	return c.setBody()
 }
 
 // parseTarget sets c.req.URL from the request target.

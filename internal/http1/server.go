@@ -347,8 +347,7 @@ func (c *conn) serve() {
 		if !c.state.CompareAndSwap(stateIdle, stateActive) {
 			return // Shutdown closed it meanwhile
 		}
-		keepAlive, err := c.readRequest()
-		if err != nil {
+		if err := c.readRequest(); err != nil {
 			var pe *protocolError
 			if errors.As(err, &pe) {
 				c.writeError(pe)
@@ -356,10 +355,9 @@ func (c *conn) serve() {
 			}
 			return
 		}
-		if !c.serveRequest() {
-			return
-		}
-		if !keepAlive || c.res.closeAfter || s.inShutdown.Load() {
+		// The response ends the connection if the client asked (r.Close)
+		// or the response requires it (serveRequest reports both).
+		if !c.serveRequest() || s.inShutdown.Load() {
 			return
 		}
 		if !c.body.drain() {
