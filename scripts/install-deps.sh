@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the programs the tests and benchmarks drive for real: Nix (the
 # client and builder), git, xz, Chromium; for benchmarks wrk, nginx, hyperfine. Only what is
-# missing is installed; apt-get runs only when something is.
+# missing is installed; apt-get runs only when something is. Then makes Nix
+# usable (scripts/setup-nix.sh).
 set -euo pipefail
 
 want=()
@@ -27,3 +28,6 @@ if [ ${#want[@]} -gt 0 ]; then
 	$sudo apt-get update -qq
 	$sudo apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
 fi
+
+# Debian's nix-bin leaves no build users and no Nix database: set them up.
+"$(dirname "$0")/setup-nix.sh"
