@@ -73,6 +73,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if cfg.NixPath != "" {
 		nixEnv = append(nixEnv, "NIX_PATH="+cfg.NixPath)
 	}
+	if *withDemo {
+		// The demo must build on an offline machine without waiting on
+		// substituters; a real server keeps the user's Nix settings.
+		nixEnv = append(nixEnv, "NIX_CONFIG="+demo.NixConfig(os.Getenv("NIX_CONFIG")))
+	}
 	nix, err := nixcli.Detect(ctx, nixEnv)
 	if err != nil {
 		return err
