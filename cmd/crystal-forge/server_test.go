@@ -3,9 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,9 +24,7 @@ func TestMain(m *testing.M) {
 // requireGit skips the test when git is not installed.
 func requireGit(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed; `make test` installs it")
-	}
+	testenv.LookPath(t, "`make test` installs git", "git")
 }
 
 // TestServerConfigErrors checks that `crystal-forge server` refuses a bad

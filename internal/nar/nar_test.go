@@ -3,6 +3,7 @@ package nar
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -52,10 +53,7 @@ func dump(t *testing.T, path string) []byte {
 }
 
 func TestDumpMatchesNix(t *testing.T) {
-	nixStore, err := exec.LookPath("nix-store")
-	if err != nil {
-		t.Skip("nix-store not installed (make test installs nix-bin): cannot compare with Nix's own NAR")
-	}
+	nixStore := testenv.LookPath(t, "`make test` installs nix-bin; without it there is no NAR of Nix's own to compare with", "nix-store")
 	for _, sub := range []string{"", "bin/tool", "link", "zero", "empty"} {
 		root := makeTree(t)
 		p := filepath.Join(root, sub)

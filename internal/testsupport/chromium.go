@@ -3,6 +3,7 @@ package testsupport
 import (
 	"context"
 	"fmt"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,7 @@ func RequireChromium(t testing.TB) string {
 			return p
 		}
 	}
-	t.Skip("chromium not installed; make test installs it")
+	testenv.Missing(t, "chromium is not installed; `make test` installs it")
 	return ""
 }
 

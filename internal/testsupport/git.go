@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,9 +37,7 @@ func Nonce() string {
 // the test when git fails.
 func Git(t testing.TB, dir string, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
-	}
+	testenv.LookPath(t, "`make test` installs git", "git")
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), "git", args...)
 	cmd.Dir = dir
