@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,6 +17,15 @@ func defaultServer() string {
 		return s
 	}
 	return "http://localhost:8000"
+}
+
+// serverHint adds to the error of a server that did not answer how to name
+// another one.
+func serverHint(err error) error {
+	if errors.Is(err, client.ErrUnreachable) {
+		return fmt.Errorf("%w\nIs the server running there? Pass --server URL or set CRYSTAL_FORGE_SERVER to its API address", err)
+	}
+	return err
 }
 
 // parseArgs parses flags that may come before or after the positional

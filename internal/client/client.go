@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -37,6 +38,18 @@ func New(base string) *Client {
 		actor = "unknown"
 	}
 	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}, Actor: actor}
+}
+
+// ErrUnreachable wraps a request that got no answer from the server
+// (connection refused, unknown host, network down).
+var ErrUnreachable = errors.New("cannot reach the server")
+
+// unreachable describes a failed round trip.
+func (c *Client) unreachable(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%w at %s: %s: %w", ErrUnreachable, c.BaseURL, what, err)
 }
 
 // Error is a non-2xx answer.
@@ -74,7 +87,7 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return c.unreachable(ctx, method+" "+path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -145,7 +158,7 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("follow build %d: %w", id, err)
+		return "", c.unreachable(ctx, fmt.Sprintf("follow build %d", id), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -2,7 +2,6 @@ package keygen
 
 import (
 	"bytes"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // gitEnv makes the git commands of a test independent of the machine's
