@@ -237,13 +237,16 @@ func buildNixos(t *testing.T, srv *testsupport.Server) string {
 		return b.Status != "queued" && b.Status != "running"
 	})
 	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
-	if b.Status != "success" || len(b.Results) != 1 || b.Results[0].Status != "success" || len(b.Results[0].OutPaths) != 1 {
+	// The flake check, then the configuration.
+	if b.Status != "success" || len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[0].Status != "success" ||
+		b.Results[1].Status != "success" || len(b.Results[1].OutPaths) != 1 {
 		t.Fatalf("nixos build: %+v\n%s", b, log)
 	}
-	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+b.Results[0].DrvPath) {
-		t.Errorf("log does not record the evaluated derivation %s:\n%s", b.Results[0].DrvPath, log)
+	nixos := b.Results[1]
+	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+nixos.DrvPath) {
+		t.Errorf("log does not record the evaluated derivation %s:\n%s", nixos.DrvPath, log)
 	}
-	return b.Results[0].OutPaths[0]
+	return nixos.OutPaths[0]
 }
 
 func hostView(t *testing.T, srv *testsupport.Server) *fleet.HostView {

@@ -140,6 +140,12 @@ func (c *Client) Repository(ctx context.Context, repo string) (*api.Repository, 
 	return &r, c.do(ctx, http.MethodGet, "/api/v1/repositories/"+url.PathEscape(repo), &r)
 }
 
+// Build returns one build with its per-attribute results.
+func (c *Client) Build(ctx context.Context, id int64) (*api.Build, error) {
+	var b api.Build
+	return &b, c.do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/builds/%d", id), &b)
+}
+
 // Logs returns the last n lines of repo's newest log.
 func (c *Client) Logs(ctx context.Context, repo string, n int) ([]string, error) {
 	var r struct {
