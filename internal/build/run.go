@@ -46,7 +46,9 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		o.mu.Lock()
 		delete(o.running, b.ID)
 		o.mu.Unlock()
-		lg.close()
+		if err := lg.close(); err != nil {
+			o.log.Error("build log incomplete", "repository", b.Repository, "build", b.ID, "err", err)
+		}
 		o.writeStatusFile(bg, b.Repository)
 		o.publish(b)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
@@ -123,7 +125,9 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 		lg.Line("Cloning repository...")
 		if err := git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
 			lg.Line("Error: failed to clone %s (branch %s): %v", repo.URL, repo.Branch, err)
-			os.RemoveAll(repoDir)
+			if rerr := os.RemoveAll(repoDir); rerr != nil {
+				lg.Line("Error: remove incomplete clone: %v", rerr)
+			}
 			return fmt.Errorf("clone %s: %w", repo.URL, err)
 		}
 	} else {
@@ -399,7 +403,11 @@ func (o *Orchestrator) nixosBuilds(ctx context.Context, rn *run, show *nixcli.Fl
 // skipped, or failed at evaluation.
 func (o *Orchestrator) endedResult(ctx context.Context, rn *run, attr, kind, status, errMsg string) {
 	bg := context.WithoutCancel(ctx)
-	if rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now()); err == nil {
-		o.db.FinishResult(bg, rid, status, "", nil, errMsg, time.Now())
+	rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now())
+	if err == nil {
+		err = o.db.FinishResult(bg, rid, status, "", nil, errMsg, time.Now())
+	}
+	if err != nil {
+		o.log.Error("record build result", "build", rn.build.ID, "attr", attr, "status", status, "err", err)
 	}
 }
