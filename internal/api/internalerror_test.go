@@ -9,32 +9,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
-
-// syncBuffer is a log destination the server's goroutines and the test can
-// share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // A storage failure answers 500 with a request id and nothing of the
 // error; the log has the whole error under the same id.
@@ -45,7 +25,7 @@ func TestInternalErrorHidesCause(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs ts.SyncBuffer
 	src := ts.NewGitRepo(t, map[string]string{"README": "not built in this test\n"})
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{
 		Repositories: []config.Repository{ts.MainBranchRepo("app", src)},
