@@ -7,8 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/web"
 )
 
@@ -107,14 +110,28 @@ func (s *Server) streamContext(r *http.Request) (context.Context, context.Cancel
 	return ctx, cancel
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A handler that panics (a bug) gets
+// the same 500 as any internal error, logged with its stack.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler {
+			panic(p)
+		}
+		s.internalError(w, r, fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
+	}()
+	s.mux.ServeHTTP(w, r)
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		// Only a bug can get here (every answer is one of our types);
+		// ServeHTTP turns the panic into a logged 500.
+		panic(fmt.Errorf("encode %T answer: %w", v, err))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
@@ -128,12 +145,17 @@ func writeError(w http.ResponseWriter, code int, detail string) {
 	writeJSON(w, code, map[string]string{"detail": detail})
 }
 
+// internalError is the API's only way to answer 500. The answer says
+// nothing about the cause (it could show SQL, paths, Go error text) but
+// carries a request id; the log line with the whole error has the same id.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return
 	}
-	s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	writeError(w, http.StatusInternalServerError, err.Error())
+	id := requestid.New()
+	s.log.Error("api request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set(requestid.Header, id)
+	writeError(w, http.StatusInternalServerError, "internal error; request id "+id)
 }
 
 // repository validates the {repository} path value: 400 when malformed,

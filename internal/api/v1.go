@@ -220,12 +220,15 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 		}
 		defer f.Close()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.Copy(w, f)
+		if _, err := io.Copy(w, f); err != nil && r.Context().Err() == nil {
+			// The answer has begun: too late for a 500.
+			s.log.Warn("send build log", "build", b.ID, "err", err)
+		}
 		return
 	}
 	sse := newSSE(w)
 	if sse == nil {
-		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		s.internalError(w, r, errors.New("streaming unsupported"))
 		return
 	}
 	ctx, cancel := s.streamContext(r)
@@ -248,14 +251,19 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	// The stream ends here either way; a failed write means the client
+	// has gone, and there is no one left to tell.
 	if len(partial) > 0 {
-		sse.send("line", partial)
+		_ = sse.send("line", partial)
 	}
 	final, err := s.db.Build(r.Context(), b.ID)
-	if err == nil {
-		sse.send("end", []byte(final.Status))
+	if err != nil {
+		// Without the end event the client sees the stream close early.
+		s.log.Error("read build for the log's end event", "build", b.ID, "err", err)
+	} else {
+		_ = sse.send("end", []byte(final.Status))
 	}
-	sse.flush()
+	_ = sse.flush()
 }
 
 // events is GET /api/v1/events: a "build" event whenever a build is
@@ -263,7 +271,7 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	sse := newSSE(w)
 	if sse == nil {
-		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		s.internalError(w, r, errors.New("streaming unsupported"))
 		return
 	}
 	ctx, cancel := s.streamContext(r)

@@ -23,6 +23,9 @@ type liveLog struct {
 	size int64 // bytes written: where the next write lands
 	ch   chan struct{}
 	done chan struct{}
+	// err is the first failed write, reported by close: a build goes on
+	// when its log cannot be written, but not without a trace.
+	err error
 }
 
 func openLiveLog(path string) (*liveLog, error) {
@@ -39,14 +42,18 @@ func (l *liveLog) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	n, err := l.f.Write(p)
 	l.size += int64(n)
+	if err != nil && l.err == nil {
+		l.err = err
+	}
 	close(l.ch)
 	l.ch = make(chan struct{})
 	return n, err
 }
 
 // Line writes one log line, the way the spec's script echoes its progress.
+// A failed write is kept for close to report.
 func (l *liveLog) Line(format string, args ...any) {
-	fmt.Fprintf(l, format+"\n", args...)
+	_, _ = fmt.Fprintf(l, format+"\n", args...)
 }
 
 // offset is the log's length so far: an attribute's part of the log is
@@ -63,24 +70,41 @@ func (l *liveLog) changed() <-chan struct{} {
 	return l.ch
 }
 
-func (l *liveLog) close() {
+// close closes the file and reports the first write that failed, if any.
+func (l *liveLog) close() error {
 	l.mu.Lock()
-	l.f.Close()
+	err := errors.Join(l.err, l.f.Close())
 	close(l.ch)
 	l.ch = make(chan struct{})
 	l.mu.Unlock()
 	close(l.done)
+	if err != nil {
+		return fmt.Errorf("write build log %s: %w", l.f.Name(), err)
+	}
+	return nil
 }
 
 // linkLatest points ${DATA_DIR}/logs/<repo>.log, the spec's log file, at
 // the newest build's log, replacing the link atomically.
-func linkLatest(link, target string) {
+func linkLatest(link, target string) error {
 	tmp := fmt.Sprintf("%s.%d.tmp", link, time.Now().UnixNano())
-	if err := os.Symlink(target, tmp); err == nil {
-		if err := os.Rename(tmp, link); err != nil {
-			os.Remove(tmp)
-		}
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("link newest log: %w", err)
 	}
+	if err := os.Rename(tmp, link); err != nil {
+		return errors.Join(fmt.Errorf("link newest log: %w", err), os.Remove(tmp))
+	}
+	return nil
+}
+
+// appendNote appends a line to a finished build's log.
+func appendNote(path, line string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(f, line+"\n")
+	return errors.Join(err, f.Close())
 }
 
 // TailLines returns the last n lines of the newest log of repo, reading

@@ -46,7 +46,9 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		o.mu.Lock()
 		delete(o.running, b.ID)
 		o.mu.Unlock()
-		lg.close()
+		if err := lg.close(); err != nil {
+			o.log.Error("build log incomplete", "repository", b.Repository, "build", b.ID, "err", err)
+		}
 		o.writeStatusFile(bg, b.Repository)
 		o.publish(b)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
@@ -123,7 +125,9 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 		lg.Line("Cloning repository...")
 		if err := git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
 			lg.Line("Error: failed to clone %s (branch %s): %v", repo.URL, repo.Branch, err)
-			os.RemoveAll(repoDir)
+			if rerr := os.RemoveAll(repoDir); rerr != nil {
+				lg.Line("Error: remove incomplete clone: %v", rerr)
+			}
 			return fmt.Errorf("clone %s: %w", repo.URL, err)
 		}
 	} else {

@@ -59,6 +59,9 @@ type BuildServerConfig struct {
 	DB *db.DB
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
+	// Logger receives the orchestrator's and the API's log; default the
+	// test's log, warnings and up.
+	Logger *slog.Logger
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
@@ -104,7 +107,10 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		}
 		t.Cleanup(func() { database.Close() })
 	}
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	orch, err := build.New(build.Config{
 		DataDir:          cfg.DataDir,
 		Repositories:     cfg.Repositories,
