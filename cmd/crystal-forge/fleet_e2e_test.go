@@ -186,23 +186,12 @@ repository = "nixos-configs"
 func buildNixos(t *testing.T, srv *testsupport.Server) string {
 	t.Helper()
 	id := trigger(t, srv, "nixos-configs")
-	var b struct {
-		Status  string `json:"status"`
-		Results []struct {
-			Attr, Kind, Status string
-			DrvPath            string   `json:"drv_path"`
-			OutPaths           []string `json:"out_paths"`
-		} `json:"results"`
+	b := testsupport.WaitBuildSucceeded(t, srv, id)
+	log := srv.Log(t, id)
+	if len(b.Results) != 1 || b.Results[0].Kind != "nixos" || len(b.Results[0].OutPaths) != 1 {
+		t.Fatalf("nixos build: %+v\n%s", b.Results, log)
 	}
-	testsupport.WaitUntil(t, "the nixos build to finish", func() bool {
-		srv.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
-		return b.Status != "queued" && b.Status != "running"
-	})
-	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
-	if b.Status != "success" || len(b.Results) != 1 || b.Results[0].Status != "success" || len(b.Results[0].OutPaths) != 1 {
-		t.Fatalf("nixos build: %+v\n%s", b, log)
-	}
-	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+b.Results[0].DrvPath) {
+	if !strings.Contains(log, "Evaluated nixosConfigurations.chesty: "+b.Results[0].DrvPath) {
 		t.Errorf("log does not record the evaluated derivation %s:\n%s", b.Results[0].DrvPath, log)
 	}
 	return b.Results[0].OutPaths[0]

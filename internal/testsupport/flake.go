@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
 )
 
 // Fixture flakes and default.nix files for build tests. Their derivations
@@ -173,11 +175,12 @@ func (b *Blocker) readPID() (int, error) {
 	return strconv.Atoi(s)
 }
 
-// WaitStarted waits until the builder runs and returns its pid.
-func (b *Blocker) WaitStarted(t testing.TB) int {
+// WaitStarted waits until the builder runs, in build id of s, and returns
+// its pid. If the build ends first, it fails at once with the build's log.
+func (b *Blocker) WaitStarted(t testing.TB, s Builds, id int64) int {
 	t.Helper()
 	var pid int
-	WaitUntil(t, "the builder of "+b.Name+" to start", func() bool {
+	WaitBuild(t, s, id, "the builder of "+b.Name+" to start", func(api.Build) bool {
 		p, err := b.readPID()
 		pid = p
 		return err == nil
