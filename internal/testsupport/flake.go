@@ -146,7 +146,12 @@ func (b *Blocker) Package() FlakePackage {
 // Script is the blocking builder script.
 func (b *Blocker) Script() string {
 	dir := shellQuote(b.Dir)
-	return fmt.Sprintf(`echo $$ > %s
+	// The pid file is replaced by a rename: a later build of the same
+	// blocker may run as another build user, who cannot overwrite the
+	// file the first one wrote (but may rename over it in the
+	// world-writable directory), and readers never see half a pid.
+	return fmt.Sprintf(`echo $$ > %s.$$
+mv -f %s.$$ %s
 echo "blocker $name waiting for release"
 while [ ! -e %s ]; do
   [ -d %s ] || exit 1
@@ -154,7 +159,7 @@ while [ ! -e %s ]; do
 done
 echo "blocker $name released"
 echo "$name $nonce" > $out
-`, shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
+`, shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
 }
 
 // Started reports whether the builder has started.
