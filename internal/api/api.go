@@ -66,6 +66,7 @@ func New(cfg Config) *Server {
 	m := s.mux
 	// The spec's endpoints.
 	m.HandleFunc("GET /{$}", s.index)
+	m.HandleFunc("GET /builds/{id}", s.buildPage)
 	m.HandleFunc("GET /info", s.info)
 	m.HandleFunc("POST /build/trigger/{repository}", s.specTrigger)
 	m.HandleFunc("GET /build/status/{repository}", s.specStatus)
@@ -78,6 +79,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/repositories/{repository}/builds", s.triggerBuild)
 	m.HandleFunc("GET /api/v1/builds/{id}", s.getBuild)
 	m.HandleFunc("GET /api/v1/builds/{id}/log", s.buildLog)
+	m.HandleFunc("GET /api/v1/builds/{id}/results/{result}/log", s.resultLog)
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
 	m.HandleFunc("GET /api/v1/events", s.events)
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)

@@ -147,6 +147,42 @@ func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, Build{Build: b, Results: res})
 }
 
+// resultLog is GET /api/v1/builds/{id}/results/{result}/log: the part of
+// the build's log that one attribute wrote, as text (so far, while it
+// builds).
+func (s *Server) resultLog(w http.ResponseWriter, r *http.Request) {
+	b := s.buildParam(w, r)
+	if b == nil {
+		return
+	}
+	rid, err := strconv.ParseInt(r.PathValue("result"), 10, 64)
+	if err != nil || rid <= 0 {
+		writeError(w, http.StatusBadRequest, "Invalid result id")
+		return
+	}
+	res, err := s.db.Result(r.Context(), b.ID, rid)
+	if errors.Is(err, db.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("Build %d has no result %d: see GET /api/v1/builds/%d for its results", b.ID, rid, b.ID))
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if res.LogStart == nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("No log was recorded for %s in build %d: read the whole log at /api/v1/builds/%d/log", res.Attr, b.ID, b.ID))
+		return
+	}
+	// Buffer it: an error half-way could not change the status any more.
+	var buf bytes.Buffer
+	if _, err := s.orch.ResultLog(b, res, &buf); err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(buf.Bytes())
+}
+
 func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 	b := s.buildParam(w, r)
 	if b == nil {

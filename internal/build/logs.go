@@ -20,6 +20,7 @@ import (
 type liveLog struct {
 	mu   sync.Mutex
 	f    *os.File
+	size int64 // bytes written: where the next write lands
 	ch   chan struct{}
 	done chan struct{}
 }
@@ -37,6 +38,7 @@ func (l *liveLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n, err := l.f.Write(p)
+	l.size += int64(n)
 	close(l.ch)
 	l.ch = make(chan struct{})
 	return n, err
@@ -45,6 +47,14 @@ func (l *liveLog) Write(p []byte) (int, error) {
 // Line writes one log line, the way the spec's script echoes its progress.
 func (l *liveLog) Line(format string, args ...any) {
 	fmt.Fprintf(l, format+"\n", args...)
+}
+
+// offset is the log's length so far: an attribute's part of the log is
+// the bytes between its offsets before and after it is built.
+func (l *liveLog) offset() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.size
 }
 
 func (l *liveLog) changed() <-chan struct{} {
@@ -117,6 +127,52 @@ func tailFile(path string, n int) ([]string, error) {
 		out[i] = string(l)
 	}
 	return out, nil
+}
+
+// tailLines is the end of the log file's bytes [start, end): its last n
+// lines, at most maxTailBytes of them.
+func tailLines(path string, start, end int64, n int) (string, error) {
+	const maxTailBytes = 16 << 10
+	if end-start > maxTailBytes {
+		start = end - maxTailBytes
+	}
+	if end <= start {
+		return "", nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read log: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, end-start)
+	if _, err := f.ReadAt(buf, start); err != nil && err != io.EOF {
+		return "", fmt.Errorf("read log: %w", err)
+	}
+	lines := bytes.Split(bytes.TrimRight(buf, "\n"), []byte{'\n'})
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte{'\n'})), nil
+}
+
+// ResultLog copies the part of build b's log that result r wrote to w, up
+// to its current end while r builds. ok is false when r's part of the log
+// was not recorded (results from before the server recorded it).
+func (o *Orchestrator) ResultLog(b *db.Build, r *db.Result, w io.Writer) (ok bool, err error) {
+	if r.LogStart == nil {
+		return false, nil
+	}
+	f, err := os.Open(b.LogPath)
+	if err != nil {
+		return false, fmt.Errorf("open log of build %d: %w", b.ID, err)
+	}
+	defer f.Close()
+	var src io.Reader = io.NewSectionReader(f, *r.LogStart, 1<<62)
+	if r.LogEnd != nil {
+		src = io.NewSectionReader(f, *r.LogStart, *r.LogEnd-*r.LogStart)
+	}
+	_, err = io.Copy(w, src)
+	return true, err
 }
 
 // Follow sends a build's log to fn in chunks as it grows, starting at

@@ -68,6 +68,7 @@ type run struct {
 	build  *db.Build
 	cancel context.CancelCauseFunc
 	log    *liveLog
+	tally  tally // only the build's goroutine touches it
 }
 
 // errCancelled is the cause of a context ended by Cancel.

@@ -70,6 +70,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.LogDir == "" {
 		cfg.LogDir = "/nix/var/log/nix"
 	}
+	// SQLite's own message for a missing file ("unable to open database
+	// file (14)") says nothing about why or what to do.
+	if _, err := os.Stat(cfg.DBPath); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("nix database %s does not exist: Nix is not set up on this machine; "+
+			"run scripts/install-deps.sh (or `nix-store --verify` once as root, which creates it), or point --nix-db at your store's database", cfg.DBPath)
+	} else if err != nil {
+		return nil, fmt.Errorf("nix database: %w", err)
+	}
 	dsn := (&url.URL{Scheme: "file", Path: cfg.DBPath, RawQuery: "mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"}).String()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {

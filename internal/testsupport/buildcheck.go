@@ -14,6 +14,9 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 )
 
+// resultKindCheck is the kind of the result of `nix flake check`.
+const resultKindCheck = "check"
+
 // Builds is a build server a test can ask about a build: *BuildServer and
 // *Server.
 type Builds interface {
@@ -25,7 +28,8 @@ type Builds interface {
 
 // CheckBuildSucceeded says why b is not a build that succeeded: its status
 // is not success, it has no result, or a result's status is not success,
-// it has no output path, or an output path does not exist on disk. Results
+// it has no output path (a flake check has none), or an output path does
+// not exist on disk. Results
 // are checked one by one, whatever the build's status says about them.
 func CheckBuildSucceeded(b api.Build) error {
 	if b.Build == nil {
@@ -43,7 +47,8 @@ func CheckBuildSucceeded(b api.Build) error {
 			errs = append(errs, fmt.Errorf("%s %s is %s, want %s (error %q)", r.Kind, r.Attr, r.Status, db.ResultSuccess, r.Error))
 			continue
 		}
-		if len(r.OutPaths) == 0 {
+		// The flake check builds the flake's checks but records no output.
+		if len(r.OutPaths) == 0 && r.Kind != resultKindCheck {
 			errs = append(errs, fmt.Errorf("%s %s succeeded without an output path", r.Kind, r.Attr))
 		}
 		for _, p := range r.OutPaths {

@@ -39,6 +39,7 @@ func TestCheckBuildSucceeded(t *testing.T) {
 		{"a result skipped", build(db.StatusSuccess, &db.Result{Attr: "c", Kind: "nixos", Status: db.ResultSkipped}), "nixos c is skipped"},
 		{"a result still running", build(db.StatusSuccess, &db.Result{Attr: "c", Kind: "package", Status: db.ResultRunning}), "package c is running"},
 		{"success without output", build(db.StatusSuccess, ok("a")), "without an output path"},
+		{"a flake check has no output", build(db.StatusSuccess, &db.Result{Attr: "checks", Kind: "check", Status: db.ResultSuccess}, ok("a", out)), ""},
 		{"output not on disk", build(db.StatusSuccess, ok("a", out, missing)), missing},
 		{"no build", api.Build{}, "no build"},
 	} {
