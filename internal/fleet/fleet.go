@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -60,11 +59,9 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
 }
 
-// hostRE: host names as NixOS allows them (networking.hostName).
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
-
-// ValidHostName reports whether s can name a host.
-func ValidHostName(s string) bool { return hostRE.MatchString(s) }
+// ValidHostName reports whether s can name a host (the configuration file
+// checks with the same function).
+func ValidHostName(s string) bool { return fleetproto.ValidHostName(s) }
 
 // Rejection is a heartbeat the server refuses, with the status to answer.
 type Rejection struct {
@@ -90,19 +87,9 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	if err := fleetproto.VerifyHeartbeat(h, body, pk); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "heartbeat signature does not verify")
 	}
-	var hb fleetproto.Heartbeat
-	if err := json.Unmarshal(body, &hb); err != nil {
-		return nil, nil, reject(http.StatusBadRequest, "malformed heartbeat: %v", err)
-	}
-	if !ValidHostName(hb.Host) {
-		return nil, nil, reject(http.StatusBadRequest, "invalid host name %q", hb.Host)
-	}
-	storeDir := s.cfg.Store.StoreDir()
-	if hb.Current != "" && !fleetproto.ValidStorePath(hb.Current, storeDir) {
-		return nil, nil, reject(http.StatusBadRequest, "current system %q is not a store path", hb.Current)
-	}
-	if hb.Nonce == "" || len(hb.Nonce) > 128 {
-		return nil, nil, reject(http.StatusBadRequest, "missing or oversized nonce")
+	hb, err := fleetproto.DecodeHeartbeat(body, s.cfg.Store.StoreDir())
+	if err != nil {
+		return nil, nil, reject(http.StatusBadRequest, "%v", err)
 	}
 	if err := fleetproto.CheckFresh(hb.Timestamp, now); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "stale heartbeat: %v", err)
