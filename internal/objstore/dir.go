@@ -44,6 +44,11 @@ func OpenDir(root string) (*Dir, error) {
 
 func (d *Dir) String() string { return "dir://" + d.root }
 
+// StagingDir is the directory the store writes its temporary files in,
+// which others may use for theirs: it is on the objects' filesystem, and
+// emptied when the store is opened.
+func (d *Dir) StagingDir() string { return filepath.Join(d.root, stagingDir) }
+
 func (d *Dir) path(key string) (string, error) {
 	if err := ValidKey(key); err != nil {
 		return "", err
