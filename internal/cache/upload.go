@@ -305,9 +305,8 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 		return http.StatusBadRequest, fmt.Errorf("NarHash: %w", err)
 	}
 	if narHash != d.narHash || ni.NarSize != uint64(d.narSize) {
-		if p != nil {
-			s.uploads.add(file, p) // another narinfo may match it
-		}
+		// The staged NAR is dropped (deferred above): the client must
+		// upload it again with a narinfo that describes it.
 		return http.StatusBadRequest, fmt.Errorf("the uploaded NAR does not match the narinfo: NarHash %s, NarSize %d in the narinfo; %s, %d uploaded", narHash, ni.NarSize, d.narHash, d.narSize)
 	}
 	if ni.FileHash != "" {
