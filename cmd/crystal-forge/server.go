@@ -128,6 +128,19 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 
+	if cf.noLocalStore {
+		return fmt.Errorf("--no-local-store is for `crystal-forge cache`: the server serves what it builds from its local store")
+	}
+	// The cache's storage: flags first, then the configuration file.
+	if cf.storage == "" {
+		cf.storage = cfg.Storage
+	}
+	if cf.storage == "" {
+		cf.storage = "dir://" + filepath.Join(cfg.DataDir, "cache")
+	}
+	if cf.uploadTokenFile == "" {
+		cf.uploadTokenFile = cfg.UploadTokenFile
+	}
 	cacheSrv, st, err := cf.open(ctx, log, []*signing.SecretKey{key.Key})
 	if err != nil {
 		return err

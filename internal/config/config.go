@@ -64,6 +64,14 @@ type Config struct {
 	// Hosts are pre-registered fleet hosts, approved; the file is their
 	// source of truth (re-applied at every start).
 	Hosts []Host `toml:"hosts"`
+
+	// Storage is the cache's storage backend for uploaded paths:
+	// "dir:///path" or "s3://bucket?endpoint=...&region=..."; empty means
+	// a directory "cache" under data_dir (docs/caches.md).
+	Storage string `toml:"storage"`
+	// UploadTokenFile lists the tokens that may upload to the cache (one
+	// per line, or name:token); empty turns uploads off.
+	UploadTokenFile string `toml:"upload_token_file"`
 }
 
 // Host is a fleet host declared in the configuration.
