@@ -94,6 +94,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories:     cfg.Repositories,
 		MaxParallel:      cfg.MaxParallelBuilds,
 		Timeout:          cfg.BuildTimeout.Duration,
+		GitTimeout:       cfg.GitTimeout.Duration,
 		PollInterval:     cfg.PollInterval.Duration,
 		System:           cfg.System,
 		HomeManagerFlake: cfg.HomeManagerFlake,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/git"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 )
 
@@ -31,6 +32,7 @@ type Config struct {
 	Repositories     []config.Repository
 	MaxParallel      int
 	Timeout          time.Duration // 0: none
+	GitTimeout       time.Duration // git clone/fetch/ls-remote silent this long fails; 0: never
 	PollInterval     time.Duration // 0: no polling
 	System           string
 	HomeManagerFlake string
@@ -44,6 +46,7 @@ type Orchestrator struct {
 	cfg   Config
 	db    *db.DB
 	nix   *nixcli.Nix
+	git   git.Client
 	log   *slog.Logger
 	repos map[string]config.Repository
 	order []string
@@ -85,6 +88,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		cfg:       cfg,
 		db:        cfg.DB,
 		nix:       cfg.Nix,
+		git:       git.Client{IdleTimeout: cfg.GitTimeout},
 		log:       cfg.Logger,
 		repos:     make(map[string]config.Repository),
 		slots:     make(chan struct{}, cfg.MaxParallel),

@@ -203,6 +203,29 @@ func TestUnreachableRepository(t *testing.T) {
 	}
 }
 
+// TestSilentRemote: a remote that accepts the connection and never answers
+// fails the sync phase after git_timeout, not the build timeout, and says
+// so in the build's error and log.
+func TestSilentRemote(t *testing.T) {
+	t.Parallel()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("silent", "git://"+ts.SilentRemote(t)+"/repo.git")},
+		Timeout:      time.Hour,
+		GitTimeout:   time.Second,
+	})
+	id := s.Trigger(t, "silent")
+	b := s.WaitFinished(t, id)
+	log := s.Log(t, id)
+	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "git_timeout") {
+		t.Errorf("build = %+v, want failed naming git_timeout; log:\n%s", b.Build, log)
+	}
+	ts.RequireLogInOrder(t, log, "Starting build for silent", "Cloning repository...")
+	if !strings.Contains(log, "Error: failed to clone") || !strings.Contains(log, "nothing for 1s (git_timeout)") {
+		t.Errorf("the log does not say why the clone failed:\n%s", log)
+	}
+	requireFailedStatus(t, s, "silent", "")
+}
+
 // TestTimeout: a build running past the timeout is stopped and failed.
 func TestTimeout(t *testing.T) {
 	t.Parallel()

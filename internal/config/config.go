@@ -44,6 +44,9 @@ type Config struct {
 
 	MaxParallelBuilds int      `toml:"max_parallel_builds"`
 	BuildTimeout      Duration `toml:"build_timeout"`
+	// GitTimeout fails a clone, fetch or ls-remote that prints nothing,
+	// not even progress, for this long; 0 disables.
+	GitTimeout Duration `toml:"git_timeout"`
 	// PollInterval is how often branches are checked for new commits; 0 disables.
 	PollInterval  Duration `toml:"poll_interval"`
 	WebhookSecret string   `toml:"webhook_secret"`
@@ -108,6 +111,7 @@ func Default() Config {
 		KeyFile:           "/var/lib/harmonia/cache-key",
 		MaxParallelBuilds: 2,
 		BuildTimeout:      Duration{2 * time.Hour},
+		GitTimeout:        Duration{10 * time.Minute},
 		PollInterval:      Duration{5 * time.Minute},
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
@@ -226,6 +230,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BuildTimeout.Duration < 0 {
 		bad("build_timeout", "must not be negative")
+	}
+	if c.GitTimeout.Duration < 0 {
+		bad("git_timeout", "must not be negative")
 	}
 	if c.PollInterval.Duration < 0 || (c.PollInterval.Duration > 0 && c.PollInterval.Duration < time.Second) {
 		bad("poll_interval", "%s: want 0 (off) or at least 1s", c.PollInterval)
