@@ -62,8 +62,14 @@ type Orchestrator struct {
 	statusMu  sync.Mutex
 	statuses  map[string]Status
 	statusGen map[string]uint64
-	wg        sync.WaitGroup
-	ctx       context.Context // ends at shutdown
+
+	// fileErrs holds the status files whose last write failed, by
+	// repository, until a write succeeds.
+	fileMu   sync.Mutex
+	fileErrs map[string]error
+
+	wg  sync.WaitGroup
+	ctx context.Context // ends at shutdown
 }
 
 // run is the in-memory side of an active build.
@@ -96,6 +102,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		running:   make(map[int64]*run),
 		statuses:  make(map[string]Status),
 		statusGen: make(map[string]uint64),
+		fileErrs:  make(map[string]error),
 	}
 	for _, r := range cfg.Repositories {
 		o.repos[r.Name] = r
@@ -130,6 +137,11 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	}
 	if err := o.recover(ctx); err != nil {
 		return err
+	}
+	// Bring every status file up to date, whatever a previous process
+	// failed to write.
+	for _, name := range o.order {
+		o.writeStatusFile(ctx, name)
 	}
 	if o.cfg.PollInterval > 0 {
 		o.wg.Go(func() { o.poll(ctx) })
