@@ -124,14 +124,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories: orch.Repositories(),
 		Logger:       log,
 	})
-	for _, h := range cfg.Hosts {
-		policy := h.Policy
-		if policy == "" {
-			policy = db.PolicyManual
-		}
-		if err := database.UpsertHost(ctx, &db.Host{Name: h.Name, PublicKey: h.PublicKey, Policy: policy, Target: h.Target, Repository: h.Repository, Configuration: h.Configuration}); err != nil {
-			return err
-		}
+	if err := fleetSvc.ConfigureHosts(ctx, cfg.Hosts); err != nil {
+		return err
 	}
 
 	var cacheUp atomic.Bool

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -264,17 +266,29 @@ func (c *Config) Validate() error {
 	default:
 		bad("fleet_enrolment", "%q: want pending or closed", c.FleetEnrolment)
 	}
+	// The same checks as the fleet API's, with its functions.
 	seenHost := map[string]bool{}
+	seenKey := map[string]int{}
 	for i, h := range c.Hosts {
 		key := fmt.Sprintf("hosts[%d]", i)
-		if !hostRE.MatchString(h.Name) {
-			bad(key+".name", "%q is not a host name", h.Name)
+		if !fleetproto.ValidHostName(h.Name) {
+			bad(key+".name", "%q is not a host name (letters, digits and '-', at most 63, like networking.hostName)", h.Name)
 		} else if seenHost[h.Name] {
 			bad(key+".name", "%q is used twice", h.Name)
 		}
 		seenHost[h.Name] = true
-		if _, err := signing.ParsePublicKey(h.PublicKey); err != nil {
+		if pk, err := signing.ParsePublicKey(h.PublicKey); err != nil {
 			bad(key+".public_key", "%v", err)
+		} else if j, dup := seenKey[pk.String()]; dup {
+			bad(key+".public_key", "is also hosts[%d]'s key (%s); every agent has its own key", j, c.Hosts[j].Name)
+		} else {
+			seenKey[pk.String()] = i
+		}
+		if h.Target != "" && !isStorePath(h.Target) {
+			bad(key+".target", "%q is not a store path like /nix/store/<hash>-<name>", h.Target)
+		}
+		if h.Configuration != "" && !fleetproto.ValidHostName(h.Configuration) {
+			bad(key+".configuration", "%q is not a nixosConfigurations attribute name (letters, digits and '-')", h.Configuration)
 		}
 		switch h.Policy {
 		case "", "manual":
@@ -293,7 +307,12 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+// isStorePath checks the shape of a store path. The store directory is a
+// flag of the cache, not in this file, so the server checks the path
+// against the real one again when it applies the hosts.
+func isStorePath(p string) bool {
+	return strings.HasPrefix(p, "/") && fleetproto.ValidStorePath(p, path.Dir(p))
+}
 
 // validURL accepts what git clones: URLs with a scheme, scp-like
 // user@host:path, and absolute local paths. Never anything git could take

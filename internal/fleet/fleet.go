@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -60,11 +59,9 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
 }
 
-// hostRE: host names as NixOS allows them (networking.hostName).
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
-
-// ValidHostName reports whether s can name a host.
-func ValidHostName(s string) bool { return hostRE.MatchString(s) }
+// ValidHostName reports whether s can name a host (the configuration file
+// checks with the same function).
+func ValidHostName(s string) bool { return fleetproto.ValidHostName(s) }
 
 // Rejection is a heartbeat the server refuses, with the status to answer.
 type Rejection struct {

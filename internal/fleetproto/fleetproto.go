@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -165,6 +166,13 @@ func CheckFresh(ts, now time.Time) error {
 	}
 	return nil
 }
+
+// hostRE: host names as NixOS allows them (networking.hostName).
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+
+// ValidHostName reports whether s can name a host (and a
+// nixosConfigurations attribute a host follows).
+func ValidHostName(s string) bool { return hostRE.MatchString(s) }
 
 // ValidStorePath reports whether p is a top-level store path under
 // storeDir: <storeDir>/<32 nix32 characters>-<name>, with Nix's rules for
