@@ -32,10 +32,13 @@ type Repository struct {
 
 // Config is everything `crystal-forge server` needs.
 type Config struct {
-	DataDir     string `toml:"data_dir"`
-	Hostname    string `toml:"hostname"`
-	APIPort     int    `toml:"api_port"`
-	CachePort   int    `toml:"cache_port"`
+	DataDir   string `toml:"data_dir"`
+	Hostname  string `toml:"hostname"`
+	APIPort   int    `toml:"api_port"`
+	CachePort int    `toml:"cache_port"`
+	// PublicURL is the binary cache's URL as clients reach it, for /info
+	// and the page; empty means http://<this host's FQDN>:<cache_port>.
+	PublicURL   string `toml:"public_url"`
 	Bind        string `toml:"bind"`
 	EnableWebUI bool   `toml:"enable_web_ui"`
 	KeyFile     string `toml:"key_file"`
@@ -219,6 +222,13 @@ func (c *Config) Validate() error {
 	for key, p := range map[string]int{"api_port": c.APIPort, "cache_port": c.CachePort} {
 		if p <= 0 || p > 65535 {
 			bad(key, "%d is not a port number", p)
+		}
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			bad("public_url", "%q: want the cache's URL as clients reach it, like http://forge.example.com:5000", c.PublicURL)
+		} else {
+			c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
 		}
 	}
 	if c.APIPort == c.CachePort {

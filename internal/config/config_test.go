@@ -67,6 +67,16 @@ branch = "release/1.x"
 	}
 }
 
+func TestPublicURL(t *testing.T) {
+	c, err := Load(write(t, `public_url = "https://cache.example.com/nix/"`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PublicURL != "https://cache.example.com/nix" {
+		t.Errorf("PublicURL = %q, want it without the trailing slash", c.PublicURL)
+	}
+}
+
 func TestErrorsNameTheKey(t *testing.T) {
 	tests := []struct {
 		name, toml string
@@ -88,6 +98,10 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"poll", `poll_interval = "10ms"`, nil, "poll_interval"},
 		{"duration", `build_timeout = "soon"`, nil, "build_timeout"},
 		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
+		{"git timeout", `git_timeout = "-1s"`, nil, "git_timeout"},
+		{"public url without scheme", `public_url = "forge.example.com:5000"`, nil, "public_url"},
+		{"public url with a query", `public_url = "http://forge.example.com:5000/?x=1"`, nil, "public_url"},
+		{"public url ftp", `public_url = "ftp://forge.example.com"`, nil, "public_url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
