@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"syscall"
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
@@ -81,19 +82,31 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		}
 		keys = append(keys, k)
 	}
+	ln, err := bind("cache", *listen, "--listen")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var pprofLn net.Listener
+	if *pprofAddr != "" {
+		if pprofLn, err = bind("pprof", *pprofAddr, "--pprof-listen"); err != nil {
+			return err
+		}
+		defer pprofLn.Close()
+	}
 	srv, store, err := cf.open(ctx, log, keys)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	if *pprofAddr != "" {
+	if pprofLn != nil {
 		go func() {
-			if err := serve(ctx, log, "pprof", *pprofAddr, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {
+			if err := serve(ctx, log, "pprof", pprofLn, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {
 				log.Error("pprof", "err", err)
 			}
 		}()
 	}
-	return serve(ctx, log, "cache", *listen, cacheServer(log, srv), serveHooks{})
+	return serve(ctx, log, "cache", ln, cacheServer(log, srv), serveHooks{})
 }
 
 // serveHooks are optional callbacks around a server's life.
@@ -125,12 +138,21 @@ func cacheServer(log *slog.Logger, h http.Handler) *http1.Server {
 	return &http1.Server{Handler: h, Logger: log}
 }
 
-// serve runs hs on addr until ctx ends, then drains for up to 10 seconds.
-func serve(ctx context.Context, log *slog.Logger, name, addr string, hs httpServer, hooks serveHooks) error {
+// bind listens on addr for service name; setting names what configures addr,
+// for the error.
+func bind(name, addr, setting string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s: listen on %s: the port is already in use: set %s to a free port, or stop what listens there: %w", name, addr, setting, err)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s (%s): %w", name, addr, setting, err)
+	}
+	return ln, nil
+}
+
+// serve runs hs on ln until ctx ends, then drains for up to 10 seconds.
+func serve(ctx context.Context, log *slog.Logger, name string, ln net.Listener, hs httpServer, hooks serveHooks) error {
 	if hooks.listening != nil {
 		hooks.listening()
 	}

@@ -140,6 +140,9 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "host add: --key is required (the agent prints its public key)")
 		return errUsage
 	}
+	if err := checkPinned(p, stderr); err != nil {
+		return err
+	}
 	h, err := client.New(*server).AddHost(ctx, pos[0], *key, p)
 	if err != nil {
 		return err
@@ -183,10 +186,23 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	p.Policy = pos[1]
+	if err := checkPinned(p, stderr); err != nil {
+		return err
+	}
 	if err := client.New(*server).SetPolicy(ctx, pos[0], p); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: policy %s\n", pos[0], describeHostPolicy(pos[0], p, true))
+	return nil
+}
+
+// checkPinned refuses, before anything is sent, a pinned policy without
+// the target it pins to.
+func checkPinned(p fleet.Policy, stderr io.Writer) error {
+	if p.Policy == db.PolicyPinned && p.Target == "" {
+		fmt.Fprintln(stderr, "a pinned host needs a target: add --target STOREPATH (the system to hold it at)")
+		return errUsage
+	}
 	return nil
 }
 

@@ -49,11 +49,24 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if *keyFile != "" {
 		cfg.KeyFile = *keyFile
 	}
+	// Bind before creating anything: a port in use stops the server
+	// before a data directory or signing key is made for nothing.
+	cacheLn, err := bind("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), "cache_port (or BUILD_SERVER_CACHE_PORT)")
+	if err != nil {
+		return err
+	}
+	defer cacheLn.Close()
+	apiLn, err := bind("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), "api_port (or BUILD_SERVER_API_PORT)")
+	if err != nil {
+		return err
+	}
+	defer apiLn.Close()
+
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
 
-	// Agent 1 first: the key exists before anything serves.
+	// Agent 1 next: the key exists before anything serves.
 	key, err := keygen.Ensure(keygen.Options{KeyFile: cfg.KeyFile, Name: cfg.Hostname, Owner: cfg.KeyOwner, Logger: log})
 	if err != nil {
 		return err
@@ -73,6 +86,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	var nixEnv []string
 	if cfg.NixPath != "" {
 		nixEnv = append(nixEnv, "NIX_PATH="+cfg.NixPath)
+	}
+	if *withDemo {
+		// The demo must build on an offline machine without waiting on
+		// substituters; a real server keeps the user's Nix settings.
+		nixEnv = append(nixEnv, "NIX_CONFIG="+demo.NixConfig(os.Getenv("NIX_CONFIG")))
 	}
 	nix, err := nixcli.Detect(ctx, nixEnv)
 	if err != nil {
@@ -145,12 +163,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
 	wg.Go(func() {
-		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv),
+		errc <- serve(srvCtx, log, "cache", cacheLn, cacheServer(log, cacheSrv),
 			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }})
 	})
 	wg.Go(func() {
-		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)),
-			stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
+		errc <- serve(srvCtx, log, "api", apiLn, stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
 	})
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc

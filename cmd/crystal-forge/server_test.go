@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -25,9 +26,7 @@ func TestMain(m *testing.M) {
 // requireGit skips the test when git is not installed.
 func requireGit(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed; `make test` installs it")
-	}
+	testenv.LookPath(t, "`make test` installs git", "git")
 }
 
 // TestServerConfigErrors checks that `crystal-forge server` refuses a bad
@@ -106,6 +105,52 @@ func TestServerConfigErrors(t *testing.T) {
 			}
 			if _, err := os.Stat(dataDir); err == nil {
 				t.Errorf("the data directory %s was created for a bad configuration", dataDir)
+			}
+		})
+	}
+}
+
+// TestServerPortInUse: a port taken by another program stops the server
+// with exit code 1 and a message naming the setting, before it creates the
+// data directory or a signing key.
+func TestServerPortInUse(t *testing.T) {
+	for _, key := range []string{"api_port", "cache_port"} {
+		t.Run(key, func(t *testing.T) {
+			busy := holdPort(t)
+			_, port, _ := net.SplitHostPort(busy)
+			other := "cache_port"
+			if key == other {
+				other = "api_port"
+			}
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			keyFile := filepath.Join(dir, "key")
+			file := filepath.Join(dir, "crystal-forge.toml")
+			text := fmt.Sprintf("data_dir = %q\nkey_file = %q\nbind = \"127.0.0.1\"\n%s = %s\n%s = %s\n",
+				dataDir, keyFile, key, port, other, freePort(t))
+			if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"BUILD_SERVER_API_PORT", "BUILD_SERVER_CACHE_PORT", "BUILD_SERVER_DATA_DIR"} {
+				t.Setenv(k, "")
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), []string{"server", "--config", file}, &stdout, &stderr)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1\nstderr:\n%s", code, &stderr)
+			}
+			for _, want := range []string{"listen on " + busy, "already in use", "set " + key} {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr does not contain %q:\n%s", want, &stderr)
+				}
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout = %q, want nothing (no key was made)", &stdout)
+			}
+			for _, p := range []string{keyFile, dataDir} {
+				if _, err := os.Stat(p); err == nil {
+					t.Errorf("%s was created by a server that could not bind its port", p)
+				}
 			}
 		})
 	}

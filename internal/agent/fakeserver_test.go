@@ -144,10 +144,12 @@ func answerStatus(code int, body string) func(http.ResponseWriter, fleetproto.He
 }
 
 // testConfig is an agent configuration against s, with its own key file,
-// current-system link and fact tree, and dry-run on.
+// current-system link (to systemA) and fact tree, and dry-run on (so no
+// profile).
 func testConfig(t *testing.T, s *fakeServer) Config {
 	t.Helper()
 	dir := t.TempDir()
+	setCurrent(t, filepath.Join(dir, "current-system"), systemA)
 	return Config{
 		ServerURL:     s.url,
 		Host:          "chesty",

@@ -7,9 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/web"
 )
 
@@ -78,6 +81,7 @@ func New(cfg Config) *Server {
 	m := s.mux
 	// The spec's endpoints.
 	m.HandleFunc("GET /{$}", s.index)
+	m.HandleFunc("GET /builds/{id}", s.buildPage)
 	m.HandleFunc("GET /info", s.info)
 	m.HandleFunc("POST /build/trigger/{repository}", s.specTrigger)
 	m.HandleFunc("GET /build/status/{repository}", s.specStatus)
@@ -90,6 +94,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/repositories/{repository}/builds", s.triggerBuild)
 	m.HandleFunc("GET /api/v1/builds/{id}", s.getBuild)
 	m.HandleFunc("GET /api/v1/builds/{id}/log", s.buildLog)
+	m.HandleFunc("GET /api/v1/builds/{id}/results/{result}/log", s.resultLog)
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
 	m.HandleFunc("GET /api/v1/events", s.events)
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
@@ -117,14 +122,28 @@ func (s *Server) streamContext(r *http.Request) (context.Context, context.Cancel
 	return ctx, cancel
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A handler that panics (a bug) gets
+// the same 500 as any internal error, logged with its stack.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler {
+			panic(p)
+		}
+		s.internalError(w, r, fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
+	}()
+	s.mux.ServeHTTP(w, r)
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		// Only a bug can get here (every answer is one of our types);
+		// ServeHTTP turns the panic into a logged 500.
+		panic(fmt.Errorf("encode %T answer: %w", v, err))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
@@ -138,12 +157,17 @@ func writeError(w http.ResponseWriter, code int, detail string) {
 	writeJSON(w, code, map[string]string{"detail": detail})
 }
 
+// internalError is the API's only way to answer 500. The answer says
+// nothing about the cause (it could show SQL, paths, Go error text) but
+// carries a request id; the log line with the whole error has the same id.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return
 	}
-	s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	writeError(w, http.StatusInternalServerError, err.Error())
+	id := requestid.New()
+	s.log.Error("api request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set(requestid.Header, id)
+	writeError(w, http.StatusInternalServerError, "internal error; request id "+id)
 }
 
 // repository validates the {repository} path value: 400 when malformed,

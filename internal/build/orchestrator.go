@@ -77,6 +77,7 @@ type run struct {
 	build  *db.Build
 	cancel context.CancelCauseFunc
 	log    *liveLog
+	tally  tally // only the build's goroutine touches it
 }
 
 // errCancelled is the cause of a context ended by Cancel.
@@ -161,9 +162,8 @@ func (o *Orchestrator) recover(ctx context.Context) error {
 	}
 	for _, b := range stale {
 		o.log.Warn("build was interrupted by a restart", "repository", b.Repository, "build", b.ID)
-		if f, err := os.OpenFile(b.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-			fmt.Fprintf(f, "Build interrupted: the server stopped while build %d was running; marked failed\n", b.ID)
-			f.Close()
+		if err := appendNote(b.LogPath, fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", b.ID)); err != nil {
+			o.log.Error("note the interruption in the build log", "build", b.ID, "err", err)
 		}
 		o.writeStatusFile(ctx, b.Repository)
 	}
@@ -190,12 +190,16 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 	}
 	lg, err := openLiveLog(b.LogPath)
 	if err != nil {
-		o.db.FinishBuild(context.WithoutCancel(ctx), b.ID, db.StatusFailed, err.Error(), time.Now())
+		if ferr := o.db.FinishBuild(context.WithoutCancel(ctx), b.ID, db.StatusFailed, err.Error(), time.Now()); ferr != nil {
+			o.log.Error("mark build failed after its log could not be opened", "repository", repo, "build", b.ID, "err", ferr)
+		}
 		b.Status = db.StatusFailed
 		o.publish(b)
 		return nil, false, err
 	}
-	linkLatest(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), b.LogPath)
+	if err := linkLatest(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), b.LogPath); err != nil {
+		o.log.Error("point the repository's log at the new build", "repository", repo, "build", b.ID, "err", err)
+	}
 	bctx, cancel := context.WithCancelCause(o.ctx)
 	rn := &run{build: b, cancel: cancel, log: lg}
 	o.mu.Lock()

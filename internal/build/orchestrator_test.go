@@ -86,12 +86,16 @@ func TestHomeManagerModules(t *testing.T) {
 	})
 	b := s.WaitFinished(t, s.Trigger(t, "dotfiles"))
 	log := s.Log(t, b.ID)
-	if b.Status != db.StatusSuccess || len(b.Results) != 2 {
-		t.Fatalf("build = %+v with %d results, want success with tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
+	if b.Status != db.StatusSuccess || len(b.Results) != 3 {
+		t.Fatalf("build = %+v with %d results, want success with checks, tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
 	}
-	tool, hm := b.Results[0], b.Results[1]
-	if tool.Attr != "tool" || tool.Kind != "package" || hm.Kind != "home-manager" || hm.Attr != "homeManagerConfiguration" {
-		t.Fatalf("results = %+v, %+v", tool, hm)
+	check, tool, hm := b.Results[0], b.Results[1], b.Results[2]
+	if check.Attr != "checks" || check.Kind != "check" || check.Status != db.ResultSuccess ||
+		tool.Attr != "tool" || tool.Kind != "package" || hm.Kind != "home-manager" || hm.Attr != "homeManagerConfiguration" {
+		t.Fatalf("results = %+v, %+v, %+v", check, tool, hm)
+	}
+	if want := (db.ResultCounts{Built: 3}); b.Counts != want {
+		t.Errorf("counts = %+v, want %+v", b.Counts, want)
 	}
 	readOutput(t, tool)
 	out := readOutput(t, hm)
@@ -154,17 +158,101 @@ func TestLegacyBuild(t *testing.T) {
 	b = s.WaitFinished(t, badID)
 	log = s.Log(t, badID)
 	badShort := ts.ShortHead(t, bad)
-	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "nix-build") || b.ShortCommit != badShort {
+	if b.Status != db.StatusFailed || b.Error != "1 of 1 attributes failed: default.nix (legacy)" || b.ShortCommit != badShort {
 		t.Errorf("failing legacy build = %+v; log:\n%s", b.Build, log)
 	}
 	if len(b.Results) != 1 || b.Results[0].Kind != "legacy" || b.Results[0].Status != db.ResultFailed {
-		t.Errorf("results = %+v, want one failed legacy result", b.Results)
+		t.Fatalf("results = %+v, want one failed legacy result", b.Results)
 	}
+	requireFailure(t, b.Results[0], "cf-legacy-fixture", "legacy build fails on purpose")
 	ts.RequireLogInOrder(t, log, "No flake.nix found, will attempt default.nix")
 	if !strings.Contains(log, "legacy build fails on purpose") || !strings.Contains(log, "Error: nix-build failed") || strings.Contains(log, "Build finished successfully") {
 		t.Errorf("log of the failing legacy build:\n%s", log)
 	}
 	requireFailedStatus(t, s, "legacy-bad", badShort)
+}
+
+// requireFailure checks a failed result: its derivation (named drvName),
+// Nix's error naming it, and the end of its log holding wantTail.
+func requireFailure(t *testing.T, r *db.Result, drvName, wantTail string) {
+	t.Helper()
+	if r.Status != db.ResultFailed || !strings.HasPrefix(r.DrvPath, "/nix/store/") || !strings.HasSuffix(r.DrvPath, "-"+drvName+".drv") {
+		t.Errorf("result %s = status %s, drv %q; want failed with the derivation of %s", r.Attr, r.Status, r.DrvPath, drvName)
+	}
+	if want := "error: builder for '" + r.DrvPath + "' failed"; !strings.HasPrefix(r.Error, want) {
+		t.Errorf("error of %s = %q, want Nix's %q", r.Attr, r.Error, want)
+	}
+	if !strings.Contains(r.LogTail, wantTail) || !strings.Contains(r.LogTail, r.Error) {
+		t.Errorf("log tail of %s = %q, want the builder's %q and Nix's error", r.Attr, r.LogTail, wantTail)
+	}
+}
+
+// TestFailingCheck: a failing flake check fails the build as the
+// attribute "checks", with its derivation and log; the packages still
+// build and stay cached.
+func TestFailingCheck(t *testing.T) {
+	t.Parallel()
+	nonce := ts.Nonce()
+	src := flakeRepo(t, ts.Flake{Nonce: nonce,
+		Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)},
+		Checks:   []ts.FlakePackage{ts.GoodPackage("lint", 0), ts.FailingPackage("unit")},
+	})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	b := s.WaitFinished(t, s.Trigger(t, "app"))
+	log := s.Log(t, b.ID)
+	short := ts.ShortHead(t, src)
+	if b.Status != db.StatusFailed || b.Error != "1 of 2 attributes failed: checks (check)" {
+		t.Fatalf("build = %+v, want failed by its check; log:\n%s", b.Build, log)
+	}
+	if want := (db.ResultCounts{Built: 1, Failed: 1}); b.Counts != want {
+		t.Errorf("counts = %+v, want %+v", b.Counts, want)
+	}
+	if len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[0].Kind != "check" {
+		t.Fatalf("results = %+v, want checks then tool", b.Results)
+	}
+	requireFailure(t, b.Results[0], "unit", "fixture package unit fails on purpose")
+	out := readOutput(t, b.Results[1])
+	if out != "tool "+nonce+"\n" {
+		t.Errorf("tool holds %q", out)
+	}
+	requireGCRoot(t, filepath.Join(s.DataDir, "gcroots", "app", "tool"), b.Results[1].OutPaths[0])
+	ts.RequireLogInOrder(t, log,
+		"Checking flake...",
+		"Flake check failed; building the packages anyway",
+		"Successfully built package tool",
+		"Build complete with failures: 1 built, 1 failed, 0 skipped; what built is cached.",
+		"Build failed for commit "+short+": 1 of 2 attributes failed: checks (check)",
+	)
+	if strings.Contains(log, "Build finished successfully") || strings.Contains(log, "All dependencies cached") {
+		t.Errorf("the log of a failed build claims success:\n%s", log)
+	}
+	requireFailedStatus(t, s, "app", short)
+}
+
+// TestEvaluationError: a flake that does not evaluate fails the build
+// with Nix's own message, said once.
+func TestEvaluationError(t *testing.T) {
+	t.Parallel()
+	src := ts.NewGitRepo(t, map[string]string{"flake.nix": `{
+  outputs = { self }: { packages.` + config.DefaultSystem() + `.broken = undefinedFixtureVariable; };
+}
+`})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	b := s.WaitFinished(t, s.Trigger(t, "app"))
+	log := s.Log(t, b.ID)
+	want := "evaluate the flake's outputs: nix flake show: error: undefined variable 'undefinedFixtureVariable'"
+	if b.Status != db.StatusFailed || !strings.HasPrefix(b.Error, want) || strings.Count(b.Error, "nix flake show") != 1 {
+		t.Fatalf("build error = %q, want it to start %q; log:\n%s", b.Error, want, log)
+	}
+	// The check evaluates the flake first and fails with the same message.
+	if len(b.Results) != 1 || b.Results[0].Attr != "checks" || b.Results[0].Status != db.ResultFailed ||
+		!strings.HasPrefix(b.Results[0].Error, "error: undefined variable 'undefinedFixtureVariable'") || b.Results[0].DrvPath != "" {
+		t.Errorf("results = %+v, want the failed check with Nix's message and no derivation", b.Results)
+	}
+	if !strings.Contains(log, "Error: cannot evaluate the flake's outputs: nix flake show: error: undefined variable") || strings.Contains(log, "Build finished successfully") {
+		t.Errorf("log:\n%s", log)
+	}
+	requireFailedStatus(t, s, "app", ts.ShortHead(t, src))
 }
 
 // TestUnreachableRepository: a clone that fails ends the build "failed"

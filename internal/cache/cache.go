@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -191,9 +192,12 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, _ string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
-		s.log.Error("health: store database unavailable", "err", err)
+		// The cause (a path, SQLite's words) is for the log, not the network.
+		id := requestid.New()
+		s.log.Error("health: store database unavailable", "request_id", id, "err", err)
+		w.Header().Set(requestid.Header, id)
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, `{"status":"unhealthy","error":%q}`+"\n", err.Error())
+		fmt.Fprintf(w, `{"status":"unhealthy","error":"store database unavailable; request id %s"}`+"\n", id)
 		return
 	}
 	fmt.Fprint(w, `{"status":"healthy"}`+"\n")
@@ -206,8 +210,12 @@ func notFound(w http.ResponseWriter) {
 	http.Error(w, "not found", http.StatusNotFound)
 }
 
+// internalError answers 500 with a request id and logs the error under it;
+// the answer says nothing of the cause.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
-	s.log.Error("cache request failed", "path", r.URL.Path, "err", err)
+	id := requestid.New()
+	s.log.Error("cache request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Control", "no-store")
-	http.Error(w, "internal error", http.StatusInternalServerError)
+	w.Header().Set(requestid.Header, id)
+	http.Error(w, "internal error; request id "+id, http.StatusInternalServerError)
 }

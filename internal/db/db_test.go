@@ -134,3 +134,60 @@ func TestCreateBuildRace(t *testing.T) {
 		t.Errorf("%d builds created by concurrent triggers, want 1", createdN)
 	}
 }
+
+// TestResultCountsAndLog: a build carries its results counted by outcome,
+// in every read, and a result its part of the log and, failed, its tail.
+func TestResultCountsAndLog(t *testing.T) {
+	d := openTest(t)
+	ctx := context.Background()
+	b, _, _ := d.CreateBuild(ctx, "r", "api", "/l/r")
+	now := time.Now()
+	off := func(n int64) *int64 { return &n }
+	add := func(attr, status string, start, end int64, tail string) int64 {
+		t.Helper()
+		rid, err := d.StartResultLog(ctx, b.ID, attr, "package", now, off(start))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status == ResultRunning {
+			return rid
+		}
+		if err := d.FinishResultLog(ctx, rid, status, "/nix/store/"+attr+".drv", nil, "", now, off(end), tail); err != nil {
+			t.Fatal(err)
+		}
+		return rid
+	}
+	add("a", ResultSuccess, 0, 10, "")
+	add("b", ResultSuccess, 10, 20, "")
+	bad := add("c", ResultFailed, 20, 35, "c> fails\nerror: builder failed")
+	add("d", ResultSkipped, 35, 35, "")
+	running := add("e", ResultRunning, 35, 0, "")
+
+	want := ResultCounts{Built: 2, Failed: 1, Skipped: 1}
+	got, err := d.Build(ctx, b.ID)
+	if err != nil || got.Counts != want {
+		t.Errorf("Build counts = %+v (%v), want %+v", got.Counts, err, want)
+	}
+	if l, err := d.LatestBuild(ctx, "r"); err != nil || l.Counts != want {
+		t.Errorf("LatestBuild counts = %+v (%v), want %+v", l.Counts, err, want)
+	}
+	if list, err := d.ListBuilds(ctx, "r", 5, 0); err != nil || len(list) != 1 || list[0].Counts != want {
+		t.Errorf("ListBuilds = %+v (%v), want counts %+v", list, err, want)
+	}
+
+	r, err := d.Result(ctx, b.ID, bad)
+	if err != nil || r.Attr != "c" || r.LogStart == nil || *r.LogStart != 20 || r.LogEnd == nil || *r.LogEnd != 35 || r.LogTail != "c> fails\nerror: builder failed" {
+		t.Fatalf("Result = %+v (%v)", r, err)
+	}
+	if r, err := d.Result(ctx, b.ID, running); err != nil || r.LogStart == nil || *r.LogStart != 35 || r.LogEnd != nil {
+		t.Errorf("running Result = %+v (%v), want log from 35, no end", r, err)
+	}
+	if _, err := d.Result(ctx, b.ID+1, bad); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Result of another build: %v, want ErrNotFound", err)
+	}
+	// A result recorded without a log position has none.
+	rid, _ := d.StartResult(ctx, b.ID, "old", "package", now)
+	if r, err := d.Result(ctx, b.ID, rid); err != nil || r.LogStart != nil {
+		t.Errorf("Result without a log position = %+v (%v)", r, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/crystal-forge/crystal-forge/internal/command"
 	"github.com/crystal-forge/crystal-forge/internal/config"
@@ -39,6 +40,19 @@ const flake = `{
     };
 }
 `
+
+// NixConfig returns the NIX_CONFIG for the demo's builds: the user's
+// settings (base) followed by what makes the demo offline-safe. No
+// substituters, so nothing waits on a network that may not be there, and no
+// sandbox, since the demo's builder is the host's /bin/sh (Debian's Nix
+// sandboxes by default and would not find it).
+func NixConfig(base string) string {
+	const demo = "substituters =\nsandbox = false"
+	if strings.TrimSpace(base) == "" {
+		return demo
+	}
+	return base + "\n" + demo
+}
 
 // Ensure creates (once) a git repository with a demo flake under dataDir
 // and returns it as a repository to build.

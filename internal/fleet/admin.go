@@ -54,6 +54,9 @@ func (s *Service) checkPolicy(p Policy) error {
 			}
 		}
 	case db.PolicyPinned:
+		if p.Target == "" {
+			return invalid("a pinned host needs a target: give \"target\", the store path to hold it at (crystal-forge host set-policy NAME pinned --target STOREPATH)")
+		}
 		if err := s.checkPath(p.Target); err != nil {
 			return err
 		}

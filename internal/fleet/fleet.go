@@ -117,7 +117,7 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 		return nil, nil, reject(http.StatusUnauthorized, "key not registered for host %s", hb.Host)
 	}
 	if host.Status != db.HostApproved {
-		s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
+		s.touchPending(ctx, hb.Host, remote, now)
 		return nil, nil, &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
 	}
 
@@ -134,7 +134,7 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	}
 	if before.Fingerprint != "" && before.Fingerprint != hb.Fingerprint {
 		s.log.Warn("hardware fingerprint changed", "host", hb.Host, "old", before.Fingerprint, "new", hb.Fingerprint)
-		s.cfg.DB.AddHostEvent(ctx, hb.Host, "fingerprint-changed", fmt.Sprintf("%s → %s", before.Fingerprint, hb.Fingerprint), now)
+		s.addEvent(ctx, hb.Host, "fingerprint-changed", fmt.Sprintf("%s → %s", before.Fingerprint, hb.Fingerprint), now)
 	}
 	if d := hb.Deployment; d != nil {
 		s.recordDeployment(ctx, hb.Host, d, now)
@@ -198,8 +198,8 @@ func (s *Service) enrol(ctx context.Context, hb fleetproto.Heartbeat, pk *signin
 		return err
 	}
 	now := s.now()
-	s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
-	s.cfg.DB.AddHostEvent(ctx, hb.Host, "enrolled", "first contact from "+remote+" with key "+pk.String()+"; awaiting approval", now)
+	s.touchPending(ctx, hb.Host, remote, now)
+	s.addEvent(ctx, hb.Host, "enrolled", "first contact from "+remote+" with key "+pk.String()+"; awaiting approval", now)
 	s.log.Info("new host awaiting approval", "host", hb.Host, "remote", remote, "key", pk.String())
 	return &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
 }
@@ -214,7 +214,24 @@ func (s *Service) recordDeployment(ctx context.Context, host string, d *fleetpro
 	// or unfetchable target, which changed nothing) blocks a retry.
 	if d.Status == fleetproto.DeployFailed || d.Status == fleetproto.DeployRolledBack || d.Status == fleetproto.DeployNotApplied {
 		s.log.Warn("deployment failed", "host", host, "target", d.Target, "status", d.Status, "err", d.Error)
-		s.cfg.DB.AddHostEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
+		s.addEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
+	}
+}
+
+// touchPending records when a pending host was last heard from. A failure
+// is logged, not returned: the agent's answer (403, pending) stays true.
+func (s *Service) touchPending(ctx context.Context, host, remote string, at time.Time) {
+	if err := s.cfg.DB.TouchPending(ctx, host, remote, at); err != nil {
+		s.log.Error("record last contact of pending host", "host", host, "remote", remote, "err", err)
+	}
+}
+
+// addEvent records a host event (an alert). A failure is logged with the
+// whole event, so it is not lost without a trace, and does not fail a
+// heartbeat whose other writes are already committed.
+func (s *Service) addEvent(ctx context.Context, host, kind, detail string, at time.Time) {
+	if err := s.cfg.DB.AddHostEvent(ctx, host, kind, detail, at); err != nil {
+		s.log.Error("record host event", "host", host, "kind", kind, "detail", detail, "err", err)
 	}
 }
 

@@ -1151,7 +1151,11 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("set target = %v", set)
 	}
 	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "auto", "repository": "nope"}, 400, nil)
-	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned"}, 400, nil)
+	var pinErr map[string]string
+	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned"}, 400, &pinErr)
+	if d := pinErr["detail"]; !strings.Contains(d, "a pinned host needs a target") || !strings.Contains(d, "--target STOREPATH") {
+		t.Errorf("pinned without a target: detail %q does not say a pinned host needs --target", d)
+	}
 	apiCall(t, e, "POST", "/api/v1/hosts/nobody/policy", "erin", map[string]string{"policy": "manual"}, 404, nil)
 	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned", "target": c.Top}, 200, &set)
 	if pol, _ := set["policy"].(map[string]any); pol["policy"] != "pinned" || pol["target"] != c.Top {

@@ -350,7 +350,8 @@ func (c *conn) writeError(e *protocolError) {
 	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\n", e.code, http.StatusText(e.code))
 	c.bw.Write(c.srv.dateHeader(time.Now()))
 	fmt.Fprintf(c.bw, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
-	c.bw.Flush()
+	// The connection is closed next whether or not this reached the client.
+	_ = c.bw.Flush()
 }
 
 // isToken reports whether b is an RFC 9110 token (method, header name).

@@ -309,7 +309,7 @@ func (c *conn) lingerClose() {
 		return
 	}
 	c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.CopyN(io.Discard, c.nc, maxDrain)
+	_, _ = io.CopyN(io.Discard, c.nc, maxDrain) // best effort: the connection closes next
 }
 
 func (c *conn) serve() {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // makeTree builds a tree with every node type NAR knows, including a file
@@ -52,10 +54,7 @@ func dump(t *testing.T, path string) []byte {
 }
 
 func TestDumpMatchesNix(t *testing.T) {
-	nixStore, err := exec.LookPath("nix-store")
-	if err != nil {
-		t.Skip("nix-store not installed (make test installs nix-bin): cannot compare with Nix's own NAR")
-	}
+	nixStore := testenv.LookPath(t, "`make test` installs nix-bin; without it there is no NAR of Nix's own to compare with", "nix-store")
 	for _, sub := range []string{"", "bin/tool", "link", "zero", "empty"} {
 		root := makeTree(t)
 		p := filepath.Join(root, sub)

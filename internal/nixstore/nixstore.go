@@ -70,27 +70,32 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.LogDir == "" {
 		cfg.LogDir = "/nix/var/log/nix"
 	}
+	// SQLite's own message for a missing file ("unable to open database
+	// file (14)") says nothing about why or what to do.
+	if _, err := os.Stat(cfg.DBPath); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("nix database %s does not exist: Nix is not set up on this machine; "+
+			"run scripts/install-deps.sh (or `nix-store --verify` once as root, which creates it), or point --nix-db at your store's database", cfg.DBPath)
+	} else if err != nil {
+		return nil, fmt.Errorf("nix database: %w", err)
+	}
 	dsn := (&url.URL{Scheme: "file", Path: cfg.DBPath, RawQuery: "mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"}).String()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open nix database %s: %w", cfg.DBPath, err)
 	}
 	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("open nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	s := &Store{cfg: cfg, db: db}
 	// The unique index on path makes this range scan O(log n): a store path
 	// is <dir>/<hash>-<name>, and '.' is the byte after '-'.
 	if s.byHash, err = db.PrepareContext(ctx,
 		`SELECT id, path, hash, deriver, narSize, sigs, ca FROM ValidPaths WHERE path >= ? AND path < ? LIMIT 1`); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	if s.refs, err = db.PrepareContext(ctx,
 		`SELECT p.path FROM Refs r JOIN ValidPaths p ON p.id = r.reference WHERE r.referrer = ? ORDER BY p.path`); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	return s, nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/nixbase32"
@@ -107,6 +108,15 @@ func TestOpenMissingDB(t *testing.T) {
 	_, err := Open(context.Background(), Config{DBPath: filepath.Join(t.TempDir(), "nope", "db.sqlite")})
 	if err == nil {
 		t.Fatal("Open of a missing database succeeded")
+	}
+	// One line that says what to do, not SQLite's "unable to open database file".
+	for _, want := range []string{"does not exist", "install-deps.sh", "--nix-db"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "(14)") {
+		t.Errorf("error %q is not one plain line", err)
 	}
 }
 

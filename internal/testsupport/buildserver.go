@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // OfflineNixEnv skips the test when Nix is not installed and otherwise
@@ -30,10 +30,9 @@ import (
 func OfflineNixEnv(t testing.TB, nixPath string) []string {
 	t.Helper()
 	for _, prog := range []string{"nix", "nix-store", "nix-build", "git"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("%s is not on PATH; `make test` installs nix-bin and git", prog)
-		}
+		testenv.LookPath(t, "`make test` installs nix-bin and git", prog)
 	}
+	requireNixBuilds(t)
 	return []string{
 		"NIX_CONFIG=" + nixConfig,
 		"NIX_PATH=" + nixPath,
@@ -61,6 +60,9 @@ type BuildServerConfig struct {
 	DB *db.DB
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
+	// Logger receives the orchestrator's and the API's log; default the
+	// test's log, warnings and up.
+	Logger *slog.Logger
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
@@ -106,7 +108,10 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		}
 		t.Cleanup(func() { database.Close() })
 	}
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	orch, err := build.New(build.Config{
 		DataDir:          cfg.DataDir,
 		Repositories:     cfg.Repositories,

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // chromiumPaths are where Debian's chromium package (and the usual
@@ -31,7 +33,7 @@ func RequireChromium(t testing.TB) string {
 			return p
 		}
 	}
-	t.Skip("chromium not installed; make test installs it")
+	testenv.Missing(t, "chromium is not installed; `make test` installs it")
 	return ""
 }
 

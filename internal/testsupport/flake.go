@@ -51,6 +51,8 @@ type Flake struct {
 	// HomeManagerModule adds homeManagerModules.default, a module that
 	// returns { fixture.marker = "<nonce>"; }.
 	HomeManagerModule bool
+	// Checks are checks.<system>.<name>, built by `nix flake check`.
+	Checks []FlakePackage
 }
 
 // Nix returns the text of the flake.nix.
@@ -75,6 +77,13 @@ func (f Flake) Nix() string {
 		fmt.Fprintf(&b, "        %s = mk %s %s;\n", p.Name, NixString(p.Name), NixString(p.Script))
 	}
 	b.WriteString("      };\n")
+	if len(f.Checks) > 0 {
+		b.WriteString("      checks.${system} = {\n")
+		for _, p := range f.Checks {
+			fmt.Fprintf(&b, "        %s = mk %s %s;\n", p.Name, NixString(p.Name), NixString(p.Script))
+		}
+		b.WriteString("      };\n")
+	}
 	if f.HomeManagerModule {
 		fmt.Fprintf(&b, "      homeManagerModules.default = { ... }: { fixture.marker = %s; };\n", NixString(f.Nonce))
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // gitEnv makes the git commands of a test independent of the machine's
@@ -38,9 +40,7 @@ func Nonce() string {
 // the test when git fails.
 func Git(t testing.TB, dir string, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
-	}
+	testenv.LookPath(t, "`make test` installs git", "git")
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), "git", args...)
 	cmd.Dir = dir

@@ -15,9 +15,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // nixConfig keeps Nix off the network: no substituters, so nothing ever
@@ -31,13 +33,50 @@ const nixConfig = "experimental-features = nix-command flakes\nsubstituters =\ns
 func RequireNix(t testing.TB) {
 	t.Helper()
 	for _, prog := range []string{"nix", "nix-store", "nix-build"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("nix not installed (%s is not on PATH); `make test` installs nix-bin", prog)
-		}
+		testenv.LookPath(t, "`make test` installs nix-bin", prog)
 	}
+	requireNixBuilds(t)
 	t.Setenv("NIX_CONFIG", nixConfig)
 	t.Setenv("NIX_PATH", "")
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+}
+
+// nixPreflight builds one trivial derivation with the tests' Nix settings,
+// once per test binary. When Nix cannot build (no build users, no store,
+// no database), every test that needs it fails at once with Nix's own
+// words instead of each waiting for a build that will never happen.
+var nixPreflight = sync.OnceValue(func() error {
+	dir, err := os.MkdirTemp("", "cf-nix-preflight-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "preflight.nix")
+	expr := `derivation { name = "cf-preflight"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }`
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command("nix-build", "--no-out-link", file)
+	cmd.Env = append(os.Environ(), "NIX_CONFIG="+nixConfig, "NIX_PATH=", "XDG_CACHE_HOME="+dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("nix-build of a trivial derivation failed (%v); Nix cannot build here. "+
+			"On Debian, scripts/setup-nix.sh (run by `make test`) creates the build users and the store. Nix said:\n%s", err, stderr.Bytes())
+	}
+	if p := strings.TrimSpace(string(out)); !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("nix-build of a trivial derivation printed %q, not a store path", p)
+	}
+	return nil
+})
+
+// requireNixBuilds fails the test when the preflight build failed.
+func requireNixBuilds(t testing.TB) {
+	t.Helper()
+	if err := nixPreflight(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // NixCommand runs a Nix program (args[0] is "nix", "nix-store", ...) and
