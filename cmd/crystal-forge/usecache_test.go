@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"html"
 	"os"
@@ -35,8 +36,10 @@ func TestUseCacheSnippets(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The configuration has no [[table]]: this line is top-level.
-	fmt.Fprintf(f, "public_url = %q\n", publicURL+"/")
-	f.Close()
+	_, err = fmt.Fprintf(f, "public_url = %q\n", publicURL+"/")
+	if err = errors.Join(err, f.Close()); err != nil {
+		t.Fatal(err)
+	}
 	srv := testsupport.StartServerWithConfig(t, c)
 
 	var info struct {

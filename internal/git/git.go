@@ -95,15 +95,20 @@ func (c Client) RemoteHead(ctx context.Context, url, branch string) (string, err
 func (c Client) remote(ctx context.Context, dir string, stdout, log io.Writer, url string, args ...string) error {
 	active := make(chan struct{}, 1)
 	errw := &progressWriter{w: log, active: active}
-	var outw io.Writer = errw
+	outw := errw
 	if stdout != nil {
-		pw := &progressWriter{w: stdout, active: active}
-		defer pw.flush()
-		outw = pw
+		outw = &progressWriter{w: stdout, active: active}
 	}
-	defer errw.flush()
+	// A last line without a newline (git's "fatal: ..." usually has one).
+	flush := func(err error) error {
+		ferr := errors.Join(outw.flush(), errw.flush())
+		if err != nil {
+			return err
+		}
+		return ferr
+	}
 	if c.IdleTimeout <= 0 {
-		return run(ctx, dir, outw, errw, args...)
+		return flush(run(ctx, dir, outw, errw, args...))
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -124,7 +129,7 @@ func (c Client) remote(ctx context.Context, dir string, stdout, log io.Writer, u
 			}
 		}
 	}()
-	err := run(ctx, dir, outw, errw, args...)
+	err := flush(run(ctx, dir, outw, errw, args...))
 	if err != nil && errors.Is(context.Cause(ctx), ErrStalled) {
 		return fmt.Errorf("git %s: %w: git printed nothing for %s (git_timeout); check that %s answers, or raise git_timeout if it is only slow",
 			args[0], ErrStalled, c.IdleTimeout, url)
@@ -165,9 +170,11 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 }
 
 // flush writes a last line that had no newline.
-func (p *progressWriter) flush() {
-	if len(p.line) > 0 {
-		p.w.Write(append(p.line, '\n'))
-		p.line = nil
+func (p *progressWriter) flush() error {
+	if len(p.line) == 0 {
+		return nil
 	}
+	_, err := p.w.Write(append(p.line, '\n'))
+	p.line = nil
+	return err
 }

@@ -25,7 +25,9 @@ func TestProgressWriter(t *testing.T) {
 					t.Fatalf("Write = %d, %v", n, err)
 				}
 			}
-			p.flush()
+			if err := p.flush(); err != nil {
+				t.Fatal(err)
+			}
 			if out.String() != tt.want {
 				t.Errorf("log = %q, want %q", out.String(), tt.want)
 			}

@@ -475,7 +475,9 @@ func (s *Server) Crash(t testing.TB) {
 	if !s.Running() {
 		return
 	}
-	syscall.Kill(s.Cmd.Process.Pid, syscall.SIGKILL)
+	if err := syscall.Kill(s.Cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Errorf("crash: kill -9 %d: %v", s.Cmd.Process.Pid, err)
+	}
 	if _, err := s.Wait(30 * time.Second); err != nil {
 		t.Errorf("crash: %v", err)
 	}
