@@ -128,7 +128,10 @@ EOF
 chmod +x "$root/fresh-root-run"
 
 # CI and the proxy settings pass through; nothing else of this environment.
-env_args=(CI="${CI:-}" TERM="${TERM:-dumb}")
+# The root's build users get uids of their own: Nix kills every process of
+# a build user before building as it, and the host's Nix, seeing the root's
+# processes, would kill the root's builders if the uids were the same.
+env_args=(CI="${CI:-}" TERM="${TERM:-dumb}" NIX_FIRST_BUILD_UID=30000)
 for v in GOPROXY GOSUMDB GONOSUMDB GOPRIVATE GOFLAGS http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
 	[ -n "${!v:-}" ] && env_args+=("$v=${!v}")
 done

@@ -224,26 +224,14 @@ func installBaseSystem(t *testing.T, storeRoot, profile, currentLink, logFile st
 func buildNixos(t *testing.T, srv *testsupport.Server) string {
 	t.Helper()
 	id := trigger(t, srv, "nixos-configs")
-	var b struct {
-		Status  string `json:"status"`
-		Results []struct {
-			Attr, Kind, Status string
-			DrvPath            string   `json:"drv_path"`
-			OutPaths           []string `json:"out_paths"`
-		} `json:"results"`
-	}
-	testsupport.WaitUntil(t, "the nixos build to finish", func() bool {
-		srv.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
-		return b.Status != "queued" && b.Status != "running"
-	})
-	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
+	b := testsupport.WaitBuildSucceeded(t, srv, id)
+	log := srv.Log(t, id)
 	// The flake check, then the configuration.
-	if b.Status != "success" || len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[0].Status != "success" ||
-		b.Results[1].Status != "success" || len(b.Results[1].OutPaths) != 1 {
-		t.Fatalf("nixos build: %+v\n%s", b, log)
+	if len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[1].Kind != "nixos" || len(b.Results[1].OutPaths) != 1 {
+		t.Fatalf("nixos build: %+v\n%s", b.Results, log)
 	}
 	nixos := b.Results[1]
-	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+nixos.DrvPath) {
+	if !strings.Contains(log, "Evaluated nixosConfigurations.chesty: "+nixos.DrvPath) {
 		t.Errorf("log does not record the evaluated derivation %s:\n%s", nixos.DrvPath, log)
 	}
 	return nixos.OutPaths[0]

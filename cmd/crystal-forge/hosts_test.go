@@ -81,17 +81,18 @@ func unbuiltPath(name string) string {
 }
 
 // startFleetAPI serves the API with a fleet (enrolment pending, repository
-// "infra" for auto hosts) on an httptest server.
-func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB) {
+// "infra" for auto hosts) on an httptest server. Its store is a database
+// the test writes, holding the returned closure: the fleet only asks the
+// store whether a target is valid, so this needs no Nix.
+func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB, testsupport.Closure) {
 	t.Helper()
-	testsupport.RequireNix(t)
-	requireGit(t)
 	d, err := db.Open(t.Context(), filepath.Join(t.TempDir(), "crystal-forge.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	st, err := nixstore.Open(t.Context(), nixstore.Config{})
+	c, storeCfg := testsupport.StoreDBClosure(t)
+	st, err := nixstore.Open(t.Context(), storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB) {
 	}
 	svc := fleet.New(fleet.Config{DB: d, Store: st, Key: key, Repositories: []string{"infra"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	return testsupport.StartBuildServer(t, testsupport.BuildServerConfig{DB: d, Fleet: svc}), d
+	return testsupport.StartBuildServer(t, testsupport.BuildServerConfig{DB: d, Fleet: svc}), d, c
 }
 
 // cli runs crystal-forge with args and returns its exit code and output.
@@ -135,9 +136,8 @@ func requireContains(t *testing.T, what, s string, want ...string) {
 }
 
 func TestHostCommands(t *testing.T) {
-	srv, d := startFleetAPI(t)
+	srv, d, c := startFleetAPI(t)
 	t.Setenv("USER", "alice")
-	c := testsupport.BuildClosure(t)
 	short := func(p string) string { return shortStorePath(p) }
 	S := "--server=" + srv.URL
 

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
@@ -230,12 +232,10 @@ func TestServerKillAndRestart(t *testing.T) {
 
 	t.Logf("server up")
 	first := trigger(t, srv, name)
-	testsupport.WaitUntil(t, "the build to run and reach its package", func() bool {
-		var st buildStatus
-		srv.GetJSON(t, "/build/status/"+name, &st)
-		return st.IsRunning && strings.Contains(strings.Join(logLines(t, srv, name), "\n"), "Building package slow")
+	testsupport.WaitBuild(t, srv, first, "it to run and reach its package", func(b api.Build) bool {
+		return b.Status == db.StatusRunning && strings.Contains(srv.Log(t, first), "Building package slow")
 	})
-	builder := blocker.WaitStarted(t)
+	builder := blocker.WaitStarted(t, srv, first)
 	t.Logf("builder running (pid %d); killing the server", builder)
 
 	srv.Kill(t)
@@ -277,17 +277,15 @@ func TestServerKillAndRestart(t *testing.T) {
 	if second == first {
 		t.Fatalf("new build has the id %d of the interrupted one", second)
 	}
-	blocker.WaitStarted(t)
+	blocker.WaitStarted(t, srv, second)
 	srv.GetJSON(t, "/build/status/"+name, &st)
 	if !st.IsRunning {
 		t.Errorf("status while the new build runs: is_running false")
 	}
 	t.Logf("new build running; releasing it")
 	blocker.Release(t)
-	testsupport.WaitUntil(t, "the new build to finish", func() bool {
-		srv.GetJSON(t, "/build/status/"+name, &st)
-		return !st.IsRunning
-	})
+	testsupport.WaitBuildSucceeded(t, srv, second)
+	srv.GetJSON(t, "/build/status/"+name, &st)
 	if short := testsupport.ShortHead(t, repoDir); str(st.LastStatus) != "success" || str(st.LastCommit) != short {
 		t.Errorf("status after the new build = %s at %s, want success at %s\nlog:\n%s",
 			str(st.LastStatus), str(st.LastCommit), short, strings.Join(logLines(t, srv, name), "\n"))
@@ -321,8 +319,7 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	srv := testsupport.StartServer(t, testsupport.ServerOptions{
 		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
 	})
-	trigger(t, srv, name)
-	builder := blocker.WaitStarted(t)
+	builder := blocker.WaitStarted(t, srv, trigger(t, srv, name))
 	nixPID, err := testsupport.ProcessParent(builder)
 	if err != nil {
 		t.Fatal(err)
@@ -338,8 +335,7 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 
 	srv = testsupport.StartServerWithConfig(t, srv.Config)
 	os.Remove(blocker.PIDFile())
-	trigger(t, srv, name)
-	blocker.WaitStarted(t)
+	blocker.WaitStarted(t, srv, trigger(t, srv, name))
 	blocker.Release(t)
 	var st buildStatus
 	testsupport.WaitUntil(t, "the build after the restart to finish", func() bool {

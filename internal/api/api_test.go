@@ -42,7 +42,7 @@ func startBlocked(t *testing.T) (*ts.BuildServer, *ts.Blocker, int64, int) {
 	src := flakeRepo(t, ts.Nonce(), blocker.Package())
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
 	id := s.Trigger(t, "app")
-	pid := blocker.WaitStarted(t)
+	pid := blocker.WaitStarted(t, s, id)
 	return s, blocker, id, pid
 }
 
@@ -262,9 +262,9 @@ func TestFlakeBuild(t *testing.T) {
 	full2 := ts.Commit(t, src, map[string]string{"flake.nix": f2.Nix()})
 	short2 := ts.ShortHead(t, src)
 	id2 := s.Trigger(t, "app")
-	b2 := s.WaitFinished(t, id2)
+	b2 := ts.WaitBuildSucceeded(t, s, id2)
 	log2 := s.Log(t, id2)
-	if b2.Status != db.StatusSuccess || b2.Commit != full2 || len(b2.Results) != 2 || b2.Counts != (db.ResultCounts{Built: 2}) {
+	if b2.Commit != full2 || len(b2.Results) != 2 || b2.Counts != (db.ResultCounts{Built: 2}) {
 		t.Fatalf("second build = %+v with %d results, want success of %s; log:\n%s", b2.Build, len(b2.Results), full2, log2)
 	}
 	requireBuilt(t, resultsByAttr(b2)["alpha"], "alpha "+nonce2, filepath.Join(gcroots, "alpha"))
@@ -300,7 +300,7 @@ func TestTriggerWhileRunning(t *testing.T) {
 	if queued.ID == 0 || queued.Repository != "app" || queued.Reason != "api" {
 		t.Fatalf("POST /api/v1/repositories/app/builds = %+v", queued)
 	}
-	blocker.WaitStarted(t)
+	blocker.WaitStarted(t, s, queued.ID)
 
 	var again struct {
 		Status     string `json:"status"`
@@ -331,10 +331,7 @@ func TestTriggerWhileRunning(t *testing.T) {
 	}
 
 	blocker.Release(t)
-	b := s.WaitFinished(t, queued.ID)
-	if b.Status != db.StatusSuccess {
-		t.Fatalf("build = %+v, want success; log:\n%s", b.Build, s.Log(t, b.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, queued.ID)
 	st = specStatusJSON(t, s, "app")
 	if st["is_running"] != false || st["last_status"] != "success" || st["last_commit"] != ts.ShortHead(t, src) {
 		t.Errorf("status after release = %v", st)
@@ -384,14 +381,10 @@ func TestCancel(t *testing.T) {
 	}
 
 	// Nothing is left stuck: the next build of the repository succeeds.
-	// Its builder may run as another build user, who cannot overwrite the
-	// first builder's pid file.
+	// (Its builder may run as another build user: Blocker replaces the
+	// first builder's pid file by a rename, which that user may do.)
 	blocker.Release(t)
-	os.Remove(blocker.PIDFile())
-	next := s.WaitFinished(t, s.Trigger(t, "app"))
-	if next.Status != db.StatusSuccess {
-		t.Errorf("build after the cancelled one = %+v; log:\n%s", next.Build, s.Log(t, next.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, s.Trigger(t, "app"))
 }
 
 type sseEvent struct{ name, data string }
@@ -493,6 +486,7 @@ func TestFollowLog(t *testing.T) {
 	if end.data != db.StatusSuccess {
 		t.Errorf("end event = %q, want success", end.data)
 	}
+	ts.RequireBuildSucceeded(t, s, s.Build(t, id))
 	if ev, ok := <-events; ok {
 		t.Errorf("event %+v after end", ev)
 	}
@@ -570,8 +564,8 @@ func TestWebhook(t *testing.T) {
 		t.Fatalf("signed push = %d %v, want triggered", code, m)
 	}
 	id, _ := m["build_id"].(float64)
-	b := s.WaitFinished(t, int64(id))
-	if b.Status != db.StatusSuccess || b.Reason != "webhook:github" || b.Commit != head {
+	b := ts.WaitBuildSucceeded(t, s, int64(id))
+	if b.Reason != "webhook:github" || b.Commit != head {
 		t.Errorf("webhook build = %+v, want success of %s with reason webhook:github", b.Build, head)
 	}
 	if n := buildCount(t, s, "app"); n != 1 {

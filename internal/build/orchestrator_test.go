@@ -84,9 +84,9 @@ func TestHomeManagerModules(t *testing.T) {
 		HomeManagerFlake: hmFlake,
 		NixPath:          nixPath,
 	})
-	b := s.WaitFinished(t, s.Trigger(t, "dotfiles"))
+	b := ts.WaitBuildSucceeded(t, s, s.Trigger(t, "dotfiles"))
 	log := s.Log(t, b.ID)
-	if b.Status != db.StatusSuccess || len(b.Results) != 3 {
+	if len(b.Results) != 3 {
 		t.Fatalf("build = %+v with %d results, want success with checks, tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
 	}
 	check, tool, hm := b.Results[0], b.Results[1], b.Results[2]
@@ -126,10 +126,10 @@ func TestLegacyBuild(t *testing.T) {
 	})
 	okID, badID := s.Trigger(t, "legacy-ok"), s.Trigger(t, "legacy-bad")
 
-	b := s.WaitFinished(t, okID)
+	b := ts.WaitBuildSucceeded(t, s, okID)
 	log := s.Log(t, okID)
 	short := ts.ShortHead(t, good)
-	if b.Status != db.StatusSuccess || len(b.Results) != 1 {
+	if len(b.Results) != 1 {
 		t.Fatalf("legacy build = %+v with %d results; log:\n%s", b.Build, len(b.Results), log)
 	}
 	r := b.Results[0]
@@ -336,7 +336,7 @@ func TestTimeout(t *testing.T) {
 	}
 	requireFailedStatus(t, s, "app", b.ShortCommit)
 	if blocker.Started() {
-		pid := blocker.WaitStarted(t)
+		pid := blocker.WaitStarted(t, s, b.ID)
 		ts.WaitUntil(t, "the timed-out builder to exit", func() bool { return !ts.ProcessAlive(pid) })
 	}
 }
@@ -361,8 +361,8 @@ func TestPolling(t *testing.T) {
 		builds = listBuilds(t, s, "app")
 		return len(builds) > 0
 	})
-	b1 := s.WaitFinished(t, builds[0].ID)
-	if b1.Status != db.StatusSuccess || b1.Reason != "poll" || b1.Commit != head1 {
+	b1 := ts.WaitBuildSucceeded(t, s, builds[0].ID)
+	if b1.Reason != "poll" || b1.Commit != head1 {
 		t.Fatalf("first build = %+v, want a successful poll build of %s", b1.Build, head1)
 	}
 
@@ -372,8 +372,8 @@ func TestPolling(t *testing.T) {
 		builds = listBuilds(t, s, "app")
 		return builds[0].ID != b1.ID
 	})
-	b2 := s.WaitFinished(t, builds[0].ID)
-	if b2.Status != db.StatusSuccess || b2.Reason != "poll" || b2.Commit != head2 {
+	b2 := ts.WaitBuildSucceeded(t, s, builds[0].ID)
+	if b2.Reason != "poll" || b2.Commit != head2 {
 		t.Fatalf("second build = %+v, want a successful poll build of %s", b2.Build, head2)
 	}
 	if builds = listBuilds(t, s, "app"); len(builds) != 2 {
@@ -451,10 +451,7 @@ func TestRecovery(t *testing.T) {
 	requireFailedStatus(t, s, "other", "")
 
 	// The repository builds again.
-	next := s.WaitFinished(t, s.Trigger(t, "app"))
-	if next.Status != db.StatusSuccess {
-		t.Errorf("build after recovery = %+v; log:\n%s", next.Build, s.Log(t, next.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, s.Trigger(t, "app"))
 }
 
 // TestParallelLimit: with MaxParallel 2, of three builds two run and the
@@ -520,6 +517,12 @@ func TestParallelLimit(t *testing.T) {
 		return in, out
 	}
 	ts.WaitUntil(t, "two builders to start", func() bool {
+		// None is released yet: a build that ended failed.
+		for _, name := range names {
+			if b := s.Build(t, ids[name]); !b.Active() {
+				t.Fatalf("build of %s ended %s (error %q) before it was released; log:\n%s", name, b.Status, b.Error, s.Log(t, b.ID))
+			}
+		}
 		in, _ := started()
 		return len(in) >= 2
 	})
@@ -537,10 +540,8 @@ func TestParallelLimit(t *testing.T) {
 
 	// One ends: the third starts.
 	blockers[in[0]].Release(t)
-	if b := s.WaitFinished(t, ids[in[0]]); b.Status != db.StatusSuccess {
-		t.Fatalf("released build = %+v", b.Build)
-	}
-	blockers[waiting].WaitStarted(t)
+	ts.WaitBuildSucceeded(t, s, ids[in[0]])
+	blockers[waiting].WaitStarted(t, s, ids[waiting])
 	if b := s.Build(t, ids[in[1]]); b.Status != db.StatusRunning {
 		t.Errorf("build of %s = %s, want still running", in[1], b.Status)
 	}
@@ -549,9 +550,7 @@ func TestParallelLimit(t *testing.T) {
 		blockers[name].Release(t)
 	}
 	for _, name := range names {
-		if b := s.WaitFinished(t, ids[name]); b.Status != db.StatusSuccess {
-			t.Errorf("build of %s = %+v", name, b.Build)
-		}
+		ts.WaitBuildSucceeded(t, s, ids[name])
 	}
 	stop()
 	watching.Wait()

@@ -250,32 +250,45 @@ func parseRange(h string, size int64) (off, length int64, err error) {
 		return 0, 0, errors.New("malformed range")
 	}
 	if first == "" { // suffix: the last N bytes
-		n, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || n < 0 {
-			return 0, 0, errors.New("malformed range")
+		n, err := parseDigits(last)
+		if err != nil {
+			return 0, 0, err
 		}
-		if n == 0 {
+		if n == 0 || size == 0 {
 			return 0, 0, errUnsatisfiable
 		}
 		n = min(n, size)
 		return size - n, n, nil
 	}
-	start, err := strconv.ParseInt(first, 10, 64)
-	if err != nil || start < 0 {
-		return 0, 0, errors.New("malformed range")
+	start, err := parseDigits(first)
+	if err != nil {
+		return 0, 0, err
 	}
 	if start >= size {
 		return 0, 0, errUnsatisfiable
 	}
 	end := size - 1
 	if last != "" {
-		e, err := strconv.ParseInt(last, 10, 64)
+		e, err := parseDigits(last)
 		if err != nil || e < start {
 			return 0, 0, errors.New("malformed range")
 		}
 		end = min(e, size-1)
 	}
 	return start, end - start + 1, nil
+}
+
+// parseDigits parses a range bound: decimal digits only (RFC 9110), where
+// strconv alone would also take a sign.
+func parseDigits(s string) (int64, error) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errors.New("malformed range")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, errors.New("malformed range")
+	}
+	return n, nil
 }
 
 // serveLog answers /log/<drv> with the build log Nix kept, decompressed.

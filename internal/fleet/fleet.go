@@ -87,19 +87,9 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	if err := fleetproto.VerifyHeartbeat(h, body, pk); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "heartbeat signature does not verify")
 	}
-	var hb fleetproto.Heartbeat
-	if err := json.Unmarshal(body, &hb); err != nil {
-		return nil, nil, reject(http.StatusBadRequest, "malformed heartbeat: %v", err)
-	}
-	if !ValidHostName(hb.Host) {
-		return nil, nil, reject(http.StatusBadRequest, "invalid host name %q", hb.Host)
-	}
-	storeDir := s.cfg.Store.StoreDir()
-	if hb.Current != "" && !fleetproto.ValidStorePath(hb.Current, storeDir) {
-		return nil, nil, reject(http.StatusBadRequest, "current system %q is not a store path", hb.Current)
-	}
-	if hb.Nonce == "" || len(hb.Nonce) > 128 {
-		return nil, nil, reject(http.StatusBadRequest, "missing or oversized nonce")
+	hb, err := fleetproto.DecodeHeartbeat(body, s.cfg.Store.StoreDir())
+	if err != nil {
+		return nil, nil, reject(http.StatusBadRequest, "%v", err)
 	}
 	if err := fleetproto.CheckFresh(hb.Timestamp, now); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "stale heartbeat: %v", err)

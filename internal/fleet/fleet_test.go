@@ -1,10 +1,11 @@
 package fleet_test
 
 // Tests of the fleet's server side over real parts: a SQLite database in a
-// temporary directory, the system Nix store read through nixstore, store
-// paths built with nix-build, ed25519 keys. Heartbeats go to
-// Service.Heartbeat directly and, where status codes and headers matter,
-// through the HTTP API (internal/api on an httptest server).
+// temporary directory, a Nix store database the test writes (with
+// testsupport.WriteStoreDB; these tests only ask the store whether a target
+// is valid, so they need no Nix) read through nixstore, ed25519 keys.
+// Heartbeats go to Service.Heartbeat directly and, where status codes and
+// headers matter, through the HTTP API (internal/api on an httptest server).
 
 import (
 	"bytes"
@@ -51,11 +52,13 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// env is a fleet service over a fresh database and the system store.
+// env is a fleet service over a fresh database and a store that holds
+// closure.
 type env struct {
 	t         *testing.T
 	db        *db.DB
 	store     *nixstore.Store
+	closure   ts.Closure
 	serverKey *signing.SecretKey
 	svc       *fleet.Service
 	clock     *clock
@@ -71,14 +74,14 @@ var admin = fleet.Actor{Name: "alice", Remote: "192.0.2.10:4000"}
 
 func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	t.Helper()
-	ts.RequireNix(t)
 	ctx := t.Context()
 	d, err := db.Open(ctx, filepath.Join(t.TempDir(), "crystal-forge.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	st, err := nixstore.Open(ctx, nixstore.Config{})
+	closure, storeCfg := ts.StoreDBClosure(t)
+	st, err := nixstore.Open(ctx, storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +96,7 @@ func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	for _, f := range configure {
 		f(&cfg)
 	}
-	return &env{t: t, db: d, store: st, serverKey: key, svc: fleet.New(cfg), clock: c}
+	return &env{t: t, db: d, store: st, closure: closure, serverKey: key, svc: fleet.New(cfg), clock: c}
 }
 
 // withAPI serves the env's fleet service over HTTP, on the same database.
@@ -681,13 +684,12 @@ func TestDeploymentReports(t *testing.T) {
 	}
 }
 
-// policyEnv has a host running closure.Leaf and a real closure to target.
+// policyEnv has a host and a closure in the store to target.
 func policyEnv(t *testing.T) (*env, *agent, ts.Closure) {
 	e := newEnv(t)
-	c := ts.BuildClosure(t)
 	a := newAgent(t, "chesty")
 	e.add(a, fleet.Policy{})
-	return e, a, c
+	return e, a, e.closure
 }
 
 func TestPolicyManual(t *testing.T) {
@@ -1085,7 +1087,7 @@ func apiCall(t *testing.T, e *env, method, path, actor string, body any, wantCod
 func TestAdminAPI(t *testing.T) {
 	e := newEnv(t).withAPI()
 	e.viaHTTP = true
-	c := ts.BuildClosure(t)
+	c := e.closure
 	a, p := newAgent(t, "chesty"), newAgent(t, "pending-one")
 
 	var created db.Host
@@ -1222,7 +1224,6 @@ func TestAdminAPI(t *testing.T) {
 
 // The heartbeat and the admin API only exist when the server has a fleet.
 func TestNoFleetAPI(t *testing.T) {
-	ts.RequireNix(t)
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{})
 	for _, r := range []struct{ method, path string }{{"POST", fleetproto.Path}, {"GET", "/api/v1/hosts"}, {"GET", "/api/v1/audit"}} {
 		if code, _ := s.Do(t, r.method, r.path, nil, nil); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {

@@ -11,6 +11,7 @@ package fleetproto
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -193,4 +194,27 @@ func ValidStorePath(p, storeDir string) bool {
 		}
 	}
 	return true
+}
+
+// MaxNonce is the longest nonce a heartbeat may carry.
+const MaxNonce = 128
+
+// DecodeHeartbeat parses a heartbeat body and checks what the server relies
+// on: a valid host name, a top-level store path under storeDir (or none) as
+// the current system, and a nonce. Freshness needs the clock: CheckFresh.
+func DecodeHeartbeat(body []byte, storeDir string) (Heartbeat, error) {
+	var hb Heartbeat
+	if err := json.Unmarshal(body, &hb); err != nil {
+		return Heartbeat{}, fmt.Errorf("malformed heartbeat: %w", err)
+	}
+	if !ValidHostName(hb.Host) {
+		return Heartbeat{}, fmt.Errorf("invalid host name %q", hb.Host)
+	}
+	if hb.Current != "" && !ValidStorePath(hb.Current, storeDir) {
+		return Heartbeat{}, fmt.Errorf("current system %q is not a store path", hb.Current)
+	}
+	if hb.Nonce == "" || len(hb.Nonce) > MaxNonce {
+		return Heartbeat{}, errors.New("missing or oversized nonce")
+	}
+	return hb, nil
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
@@ -277,8 +278,8 @@ func groupName(t *testing.T, gid string) string {
 // checks that Nix trusts the signature under our public key, and not under
 // another.
 func TestNixAcceptsKey(t *testing.T) {
+	testsupport.RequireNix(t) // the tests' offline settings and the preflight build
 	nix := testenv.LookPath(t, "`make test` installs nix-bin", "nix")
-	t.Setenv("NIX_CONFIG", "experimental-features = nix-command flakes\nsubstituters =")
 	dir := t.TempDir()
 	res, err := Ensure(Options{KeyFile: filepath.Join(dir, "cache-key"), Name: "cf-keygen-test", Logger: quiet()})
 	if err != nil {

@@ -82,10 +82,11 @@ func MainBranchRepo(name, url string) config.Repository {
 
 // StartBuildServer starts the orchestrator (recovering builds a previous server
 // left active) and the API. Builds run until the test ends; then they are
-// interrupted and recorded before the database closes.
+// interrupted and recorded before the database closes. A server without
+// repositories never runs Nix, so it needs none: the fleet's tests use one
+// to serve the fleet API on a machine without Nix.
 func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 	t.Helper()
-	env := OfflineNixEnv(t, cfg.NixPath)
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -96,9 +97,14 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		cfg.Info = api.Info{Hostname: "test-host", APIPort: 8000, CachePort: 5000, PublicKey: "test-host:AAAA"}
 	}
 	ctx := t.Context()
-	nix, err := nixcli.Detect(ctx, env)
-	if err != nil {
-		t.Fatal(err)
+	var (
+		nix *nixcli.Nix
+		err error
+	)
+	if len(cfg.Repositories) > 0 {
+		if nix, err = nixcli.Detect(ctx, OfflineNixEnv(t, cfg.NixPath)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	database := cfg.DB
 	if database == nil {

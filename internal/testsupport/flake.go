@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
 )
 
 // Fixture flakes and default.nix files for build tests. Their derivations
@@ -153,7 +155,12 @@ func (b *Blocker) Package() FlakePackage {
 // Script is the blocking builder script.
 func (b *Blocker) Script() string {
 	dir := shellQuote(b.Dir)
-	return fmt.Sprintf(`echo $$ > %s
+	// The pid file is replaced by a rename: a later build of the same
+	// blocker may run as another build user, who cannot overwrite the
+	// file the first one wrote (but may rename over it in the
+	// world-writable directory), and readers never see half a pid.
+	return fmt.Sprintf(`echo $$ > %s.$$
+mv -f %s.$$ %s
 echo "blocker $name waiting for release"
 while [ ! -e %s ]; do
   [ -d %s ] || exit 1
@@ -161,7 +168,7 @@ while [ ! -e %s ]; do
 done
 echo "blocker $name released"
 echo "$name $nonce" > $out
-`, shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
+`, shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
 }
 
 // Started reports whether the builder has started.
@@ -182,11 +189,12 @@ func (b *Blocker) readPID() (int, error) {
 	return strconv.Atoi(s)
 }
 
-// WaitStarted waits until the builder runs and returns its pid.
-func (b *Blocker) WaitStarted(t testing.TB) int {
+// WaitStarted waits until the builder runs, in build id of s, and returns
+// its pid. If the build ends first, it fails at once with the build's log.
+func (b *Blocker) WaitStarted(t testing.TB, s Builds, id int64) int {
 	t.Helper()
 	var pid int
-	WaitUntil(t, "the builder of "+b.Name+" to start", func() bool {
+	WaitBuild(t, s, id, "the builder of "+b.Name+" to start", func(api.Build) bool {
 		p, err := b.readPID()
 		pid = p
 		return err == nil

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
 )
 
 // serverPackage is the import path of the binary StartServer runs.
@@ -566,6 +568,27 @@ func (s *Server) GetJSON(t testing.TB, path string, v any) {
 	if err := json.Unmarshal(body, v); err != nil {
 		t.Fatalf("GET %s: %v in %s", path, err, body)
 	}
+}
+
+// Build returns GET /api/v1/builds/{id}: the build and its results.
+func (s *Server) Build(t testing.TB, id int64) api.Build {
+	t.Helper()
+	var b api.Build
+	s.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
+	if b.Build == nil {
+		t.Fatalf("GET /api/v1/builds/%d: no build", id)
+	}
+	return b
+}
+
+// Log returns the whole log of a build, from GET /api/v1/builds/{id}/log.
+func (s *Server) Log(t testing.TB, id int64) string {
+	t.Helper()
+	code, body := s.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
+	if code != http.StatusOK {
+		t.Fatalf("GET /api/v1/builds/%d/log = %d %s", id, code, body)
+	}
+	return string(body)
 }
 
 var serverTestClient = &http.Client{Timeout: 30 * time.Second}
