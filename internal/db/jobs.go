@@ -169,25 +169,28 @@ func systemsFilter(systems []string, first int) (string, []any) {
 func (d *DB) ClaimJob(ctx context.Context, worker string, systems []string, lease time.Duration, now time.Time) (*Job, error) {
 	cond, sysArgs := systemsFilter(systems, 1)
 	pick := `SELECT id FROM jobs WHERE state = 'queued' AND ` + cond + ` ORDER BY id LIMIT 1`
-	n := len(sysArgs)
-	set := fmt.Sprintf(`UPDATE jobs SET state = 'running', worker = $%d, attempts = attempts + 1, lease_expires_at = $%d, started_at = $%d, error = ''`, n+1, n+2, n+3)
-	args := append(sysArgs, worker, millis(now.Add(lease)), millis(now))
+	const set = `UPDATE jobs SET state = 'running', worker = $%d, attempts = attempts + 1, lease_expires_at = $%d, started_at = $%d, error = ''`
 	var (
 		j   *Job
 		err error
 	)
 	switch d.dialect {
 	case Postgres:
+		// Two statements: PostgreSQL must know every parameter's type, so
+		// the UPDATE cannot carry the SELECT's unused ones.
 		err = d.tx(ctx, func(tx *sql.Tx) error {
 			var id int64
 			if err := tx.QueryRowContext(ctx, pick+` FOR UPDATE SKIP LOCKED`, sysArgs...).Scan(&id); err != nil {
 				return err
 			}
-			j, err = scanJob(tx.QueryRowContext(ctx, set+fmt.Sprintf(` WHERE id = $%d RETURNING `, n+4)+jobCols, append(args, id)...))
+			j, err = scanJob(tx.QueryRowContext(ctx, fmt.Sprintf(set, 1, 2, 3)+` WHERE id = $4 RETURNING `+jobCols,
+				worker, millis(now.Add(lease)), millis(now), id))
 			return err
 		})
 	default:
-		j, err = scanJob(d.sql.QueryRowContext(ctx, set+` WHERE id = (`+pick+`) RETURNING `+jobCols, args...))
+		n := len(sysArgs)
+		j, err = scanJob(d.sql.QueryRowContext(ctx, fmt.Sprintf(set, n+1, n+2, n+3)+` WHERE id = (`+pick+`) RETURNING `+jobCols,
+			append(sysArgs, worker, millis(now.Add(lease)), millis(now))...))
 	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows), errors.Is(err, ErrNotFound):
