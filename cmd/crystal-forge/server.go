@@ -34,6 +34,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	dataDir := fs.String("data-dir", "", "override data_dir (and BUILD_SERVER_DATA_DIR)")
 	keyFile := fs.String("key-file", "", "override key_file")
 	withDemo := fs.Bool("demo", false, "create and register a small local demo flake repository")
+	noLocalBuilder := fs.Bool("no-local-builder", false, "run no build jobs in this process: `crystal-forge builder` processes sharing the database run them")
 	var cf cacheFlags
 	cf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -120,6 +121,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Nix:              nix,
 		DB:               database,
 		Logger:           log,
+		NoLocalBuilder:   *noLocalBuilder,
+		Version:          version,
 	})
 	if err != nil {
 		return err

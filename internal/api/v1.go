@@ -103,7 +103,16 @@ func (s *Server) triggerBuild(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		return
 	}
-	b, created, err := s.orch.Trigger(r.Context(), name, "api")
+	var opts build.TriggerOptions
+	switch r.URL.Query().Get("force") {
+	case "", "0", "false":
+	case "1", "true":
+		opts.Force = true
+	default:
+		writeError(w, http.StatusBadRequest, "Invalid force: use force=1 to build again derivations that failed before")
+		return
+	}
+	b, created, err := s.orch.TriggerWith(r.Context(), name, "api", opts)
 	if err != nil {
 		s.internalError(w, r, err)
 		return
@@ -175,7 +184,7 @@ func (s *Server) resultLog(w http.ResponseWriter, r *http.Request) {
 	}
 	// Buffer it: an error half-way could not change the status any more.
 	var buf bytes.Buffer
-	if _, err := s.orch.ResultLog(b, res, &buf); err != nil {
+	if _, err := s.orch.ResultLog(r.Context(), b, res, &buf); err != nil {
 		s.internalError(w, r, err)
 		return
 	}

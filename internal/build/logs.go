@@ -182,9 +182,12 @@ func tailLines(path string, start, end int64, n int) (string, error) {
 // ResultLog copies the part of build b's log that result r wrote to w, up
 // to its current end while r builds. ok is false when r's part of the log
 // was not recorded (results from before the server recorded it).
-func (o *Orchestrator) ResultLog(b *db.Build, r *db.Result, w io.Writer) (ok bool, err error) {
+func (o *Orchestrator) ResultLog(ctx context.Context, b *db.Build, r *db.Result, w io.Writer) (ok bool, err error) {
 	if r.LogStart == nil {
 		return false, nil
+	}
+	if r.JobID != nil {
+		return true, o.jobLogPart(ctx, *r.JobID, *r.LogStart, r.LogEnd, w)
 	}
 	f, err := os.Open(b.LogPath)
 	if err != nil {
@@ -197,6 +200,42 @@ func (o *Orchestrator) ResultLog(b *db.Build, r *db.Result, w io.Writer) (ok boo
 	}
 	_, err = io.Copy(w, src)
 	return true, err
+}
+
+// jobLogPart copies bytes [start, end) of the log of a job's latest
+// attempt (to its current end when end is nil), from the database.
+func (o *Orchestrator) jobLogPart(ctx context.Context, jobID, start int64, end *int64, w io.Writer) error {
+	j, err := o.db.Job(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	var pos, after int64
+	for {
+		chunks, err := o.db.JobLogChunks(ctx, jobID, after, 256)
+		if err != nil {
+			return err
+		}
+		for _, c := range chunks {
+			after = c.ID
+			if c.Attempt != j.Attempts {
+				continue
+			}
+			lo, hi := pos, pos+int64(len(c.Data))
+			pos = hi
+			from, to := max(lo, start), hi
+			if end != nil {
+				to = min(hi, *end)
+			}
+			if from < to {
+				if _, err := w.Write(c.Data[from-lo : to-lo]); err != nil {
+					return err
+				}
+			}
+		}
+		if len(chunks) < 256 || (end != nil && pos >= *end) {
+			return nil
+		}
+	}
 }
 
 // Follow sends a build's log to fn in chunks as it grows, starting at

@@ -18,6 +18,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/git"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
+	"github.com/crystal-forge/crystal-forge/internal/worker"
 )
 
 // ErrUnknownRepository is returned for a repository that is not configured.
@@ -39,6 +40,14 @@ type Config struct {
 	Nix              *nixcli.Nix
 	DB               *db.DB
 	Logger           *slog.Logger
+	// NoLocalBuilder turns off the in-process worker: the build jobs are
+	// then run by `crystal-forge builder` processes sharing the database.
+	NoLocalBuilder bool
+	// WorkerName names the in-process worker in the queue; default
+	// "local@" and the host name.
+	WorkerName string
+	// Version is recorded with the in-process worker.
+	Version string
 }
 
 // Orchestrator queues and runs builds.
@@ -52,6 +61,7 @@ type Orchestrator struct {
 	order []string
 	slots chan struct{}
 	hub   *hub
+	local *worker.Worker // nil with NoLocalBuilder
 
 	mu      sync.Mutex
 	running map[int64]*run // queued or running builds
@@ -77,7 +87,25 @@ type run struct {
 	build  *db.Build
 	cancel context.CancelCauseFunc
 	log    *liveLog
-	tally  tally // only the build's goroutine touches it
+	forced bool          // failed derivations are built again
+	wake   chan struct{} // a job of the build logged or ended
+	// logChunk is the last job log chunk appended to log; only the
+	// build's goroutine touches it.
+	logChunk int64
+}
+
+// wakeBuild tells an active build's goroutine its jobs have news.
+func (o *Orchestrator) wakeBuild(id int64) {
+	o.mu.Lock()
+	rn := o.running[id]
+	o.mu.Unlock()
+	if rn == nil {
+		return
+	}
+	select {
+	case rn.wake <- struct{}{}:
+	default:
+	}
 }
 
 // errCancelled is the cause of a context ended by Cancel.
@@ -114,6 +142,21 @@ func New(cfg Config) (*Orchestrator, error) {
 			return nil, fmt.Errorf("create %s directory: %w", d, err)
 		}
 	}
+	if !cfg.NoLocalBuilder {
+		runner, err := NewRunner(RunnerConfig{DataDir: cfg.DataDir, System: cfg.System, HomeManagerFlake: cfg.HomeManagerFlake,
+			GitTimeout: cfg.GitTimeout, Nix: cfg.Nix, DB: cfg.DB, Logger: cfg.Logger, Notify: o.wakeBuild})
+		if err != nil {
+			return nil, err
+		}
+		name := cfg.WorkerName
+		host, _ := os.Hostname()
+		if name == "" {
+			name = "local@" + host
+		}
+		o.local = worker.New(worker.Config{DB: cfg.DB, Executor: runner, Name: name, Host: host, Systems: []string{cfg.System},
+			Capacity: cfg.MaxParallel, Version: cfg.Version, Logger: cfg.Logger,
+			OnJobEnd: func(j *db.Job) { o.wakeBuild(j.BuildID) }})
+	}
 	return o, nil
 }
 
@@ -144,6 +187,13 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	for _, name := range o.order {
 		o.writeStatusFile(ctx, name)
 	}
+	if o.local != nil {
+		o.wg.Go(func() {
+			if err := o.local.Run(ctx, ctx); err != nil {
+				o.log.Error("the in-process builder stopped; builds wait for other workers", "err", err)
+			}
+		})
+	}
 	if o.cfg.PollInterval > 0 {
 		o.wg.Go(func() { o.poll(ctx) })
 	}
@@ -161,6 +211,9 @@ func (o *Orchestrator) recover(ctx context.Context) error {
 		return err
 	}
 	for _, b := range stale {
+		if _, err := o.db.CancelJobs(ctx, b.ID, time.Now()); err != nil {
+			return err
+		}
 		o.log.Warn("build was interrupted by a restart", "repository", b.Repository, "build", b.ID)
 		if err := appendNote(b.LogPath, fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", b.ID)); err != nil {
 			o.log.Error("note the interruption in the build log", "build", b.ID, "err", err)
@@ -170,11 +223,22 @@ func (o *Orchestrator) recover(ctx context.Context) error {
 	return nil
 }
 
+// TriggerOptions modify a triggered build.
+type TriggerOptions struct {
+	// Force builds again the derivations that failed in earlier builds
+	// (which are otherwise recorded failed without building).
+	Force bool
+}
+
 // Trigger queues a build of repo. If one is already queued or running it
 // returns that one with created=false.
 func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Build, bool, error) {
-	r, ok := o.repos[repo]
-	if !ok {
+	return o.TriggerWith(ctx, repo, reason, TriggerOptions{})
+}
+
+// TriggerWith is Trigger with options.
+func (o *Orchestrator) TriggerWith(ctx context.Context, repo, reason string, opts TriggerOptions) (*db.Build, bool, error) {
+	if _, ok := o.repos[repo]; !ok {
 		return nil, false, ErrUnknownRepository
 	}
 	if o.ctx == nil || o.ctx.Err() != nil {
@@ -201,7 +265,7 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 		o.log.Error("point the repository's log at the new build", "repository", repo, "build", b.ID, "err", err)
 	}
 	bctx, cancel := context.WithCancelCause(o.ctx)
-	rn := &run{build: b, cancel: cancel, log: lg}
+	rn := &run{build: b, cancel: cancel, log: lg, forced: opts.Force, wake: make(chan struct{}, 1)}
 	o.mu.Lock()
 	o.running[b.ID] = rn
 	o.mu.Unlock()
@@ -209,7 +273,7 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 	o.publish(b)
 	// The build goroutine updates b as it goes: the caller gets a copy.
 	queued := *b
-	o.wg.Go(func() { o.execute(bctx, rn, r) })
+	o.wg.Go(func() { o.execute(bctx, rn) })
 	return &queued, true, nil
 }
 

@@ -73,6 +73,9 @@ type Result struct {
 	// while the attribute builds.
 	LogStart *int64 `json:"-"`
 	LogEnd   *int64 `json:"-"`
+	// JobID is the job that recorded the result; its log offsets are then
+	// into that job's log. Nil for results recorded by the build itself.
+	JobID *int64 `json:"job_id,omitempty"`
 }
 
 // buildCols are a build's columns and its result counts, for "FROM builds".
@@ -312,7 +315,7 @@ func (d *DB) Results(ctx context.Context, buildID int64) ([]*Result, error) {
 }
 
 func (d *DB) results(ctx context.Context, where string, args ...any) ([]*Result, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT id, build_id, attr, kind, status, drv_path, out_paths, error, log_tail, started_at, finished_at, log_start, log_end
+	rows, err := d.sql.QueryContext(ctx, `SELECT id, build_id, attr, kind, status, drv_path, out_paths, error, log_tail, started_at, finished_at, log_start, log_end, job_id
 		FROM build_results `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, err
@@ -325,11 +328,12 @@ func (d *DB) results(ctx context.Context, where string, args ...any) ([]*Result,
 			outs                   string
 			started                int64
 			finished, lstart, lend sql.NullInt64
+			jobID                  sql.NullInt64
 		)
-		if err := rows.Scan(&r.ID, &r.BuildID, &r.Attr, &r.Kind, &r.Status, &r.DrvPath, &outs, &r.Error, &r.LogTail, &started, &finished, &lstart, &lend); err != nil {
+		if err := rows.Scan(&r.ID, &r.BuildID, &r.Attr, &r.Kind, &r.Status, &r.DrvPath, &outs, &r.Error, &r.LogTail, &started, &finished, &lstart, &lend, &jobID); err != nil {
 			return nil, err
 		}
-		r.LogStart, r.LogEnd = fromNullInt(lstart), fromNullInt(lend)
+		r.LogStart, r.LogEnd, r.JobID = fromNullInt(lstart), fromNullInt(lend), fromNullInt(jobID)
 		r.OutPaths = strings.Fields(outs)
 		if r.OutPaths == nil {
 			r.OutPaths = []string{}

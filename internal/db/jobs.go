@@ -122,8 +122,36 @@ func scanJobs(rows *sql.Rows) ([]*Job, error) {
 
 // EnqueueJobs queues jobs, all or none, and returns their ids in order.
 func (d *DB) EnqueueJobs(ctx context.Context, jobs []NewJob, at time.Time) ([]int64, error) {
+	return d.enqueue(ctx, 0, "", jobs, at)
+}
+
+// EnqueueJobsFrom is EnqueueJobs for a running job queueing the next jobs
+// of its build (an evaluation queueing its attributes): they are queued
+// only while worker holds job parent (else ErrLeaseLost), so a cancelled
+// build or a lost attempt queues nothing.
+func (d *DB) EnqueueJobsFrom(ctx context.Context, parent int64, worker string, jobs []NewJob, at time.Time) ([]int64, error) {
+	return d.enqueue(ctx, parent, worker, jobs, at)
+}
+
+func (d *DB) enqueue(ctx context.Context, parent int64, worker string, jobs []NewJob, at time.Time) ([]int64, error) {
 	ids := make([]int64, 0, len(jobs))
 	err := d.tx(ctx, func(tx *sql.Tx) error {
+		if parent != 0 {
+			// FOR UPDATE holds off a concurrent cancel until the jobs are in
+			// (SQLite's write transaction already does).
+			lock := ""
+			if d.dialect == Postgres {
+				lock = " FOR UPDATE"
+			}
+			var id int64
+			err := tx.QueryRowContext(ctx, `SELECT id FROM jobs WHERE id = $1 AND worker = $2 AND state = 'running'`+lock, parent, worker).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("job %d: %w", parent, ErrLeaseLost)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		for _, j := range jobs {
 			if j.MaxAttempts <= 0 {
 				j.MaxAttempts = DefaultMaxAttempts
@@ -318,11 +346,12 @@ func dropLostResults(ctx context.Context, tx *sql.Tx, requeued, failed []*Job, n
 // RequeueWorkerJobs puts the jobs worker holds back in the queue, without
 // waiting for their leases to expire: a worker restarting under the same
 // name knows it runs none of them. The attempt is not counted against the
-// job (it was interrupted, not lost).
+// job's limit (it was interrupted, not lost), though attempts still counts
+// it, so each attempt keeps a number of its own.
 func (d *DB) RequeueWorkerJobs(ctx context.Context, worker string) ([]*Job, error) {
 	var out []*Job
 	err := d.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE jobs SET state = 'queued', worker = '', lease_expires_at = NULL, attempts = attempts - 1,
+		rows, err := tx.QueryContext(ctx, `UPDATE jobs SET state = 'queued', worker = '', lease_expires_at = NULL, max_attempts = max_attempts + 1,
 				error = 'interrupted: worker ' || worker || ' restarted; queued again'
 			WHERE state = 'running' AND worker = $1 RETURNING `+jobCols, worker)
 		if err != nil {
@@ -339,20 +368,41 @@ func (d *DB) RequeueWorkerJobs(ctx context.Context, worker string) ([]*Job, erro
 	return out, nil
 }
 
-// CancelJobs cancels a build's queued and running jobs. A worker running
-// one learns it at its next lease renewal (ErrLeaseLost, and Job says
-// cancelled) and stops.
+// CancelJobs cancels a build's queued and running jobs, and fails the
+// results they were recording. A worker running one learns it at its next
+// lease renewal (ErrLeaseLost, and Job says cancelled) and stops.
 func (d *DB) CancelJobs(ctx context.Context, buildID int64, at time.Time) ([]*Job, error) {
-	rows, err := d.sql.QueryContext(ctx, `UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = $1, lease_expires_at = NULL
-		WHERE build_id = $2 AND state IN ('queued', 'running') RETURNING `+jobCols, millis(at), buildID)
-	if err != nil {
-		return nil, fmt.Errorf("cancel the jobs of build %d: %w", buildID, err)
-	}
-	out, err := scanJobs(rows)
+	var out []*Job
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE jobs SET state = 'cancelled', error = 'cancelled', finished_at = $1, lease_expires_at = NULL
+			WHERE build_id = $2 AND state IN ('queued', 'running') RETURNING `+jobCols, millis(at), buildID)
+		if err != nil {
+			return err
+		}
+		if out, err = scanJobs(rows); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE build_results SET status = $1, error = $2, finished_at = $3
+			WHERE build_id = $4 AND status = $5 AND job_id IS NOT NULL`, ResultFailed, "cancelled", millis(at), buildID, ResultRunning)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("cancel the jobs of build %d: %w", buildID, err)
 	}
 	return out, nil
+}
+
+// RepositoryByName returns a recorded repository's URL and branch, for a
+// worker that has only the database; ErrNotFound for an unknown one.
+func (d *DB) RepositoryByName(ctx context.Context, name string) (url, branch string, err error) {
+	err = d.sql.QueryRowContext(ctx, `SELECT url, branch FROM repositories WHERE name = $1`, name).Scan(&url, &branch)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", ErrNotFound
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("repository %s: %w", name, err)
+	}
+	return url, branch, nil
 }
 
 // Job returns one job, or ErrNotFound.

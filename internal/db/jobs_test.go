@@ -295,6 +295,9 @@ func testCancelJobs(t *testing.T, d *DB) {
 		t.Fatal(err)
 	}
 	running := claim(t, d, "w1", nil, t0)
+	if _, err := d.StartJobResult(ctx, bid, running.ID, "b", "package", t0, nil); err != nil {
+		t.Fatal(err)
+	}
 	got, err := d.CancelJobs(ctx, bid, t0)
 	if err != nil || len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] {
 		t.Fatalf("CancelJobs = %+v, %v; want jobs %v", got, err, ids[1:])
@@ -308,6 +311,9 @@ func testCancelJobs(t *testing.T, d *DB) {
 	jobs, err := d.BuildJobs(ctx, bid)
 	if err != nil || len(jobs) != 3 || jobs[0].State != JobSucceeded || jobs[1].State != JobCancelled || jobs[2].State != JobCancelled {
 		t.Errorf("jobs after cancel = %+v, %v", jobs, err)
+	}
+	if res, _ := d.Results(ctx, bid); len(res) != 1 || res[0].Status != ResultFailed || res[0].Error != "cancelled" {
+		t.Errorf("result of the cancelled job = %+v, want failed: cancelled", res)
 	}
 	if j := claim(t, d, "w1", nil, t0); j.BuildID != other {
 		t.Errorf("claim after cancel took %+v, want the other build's job", j)
@@ -327,7 +333,7 @@ func testRequeueWorkerJobs(t *testing.T, d *DB) {
 		t.Fatal(err)
 	}
 	got, err := d.RequeueWorkerJobs(ctx, "w1")
-	if err != nil || len(got) != 1 || got[0].ID != mine.ID || got[0].State != JobQueued || got[0].Attempts != 0 {
+	if err != nil || len(got) != 1 || got[0].ID != mine.ID || got[0].State != JobQueued || got[0].Attempts != 1 || got[0].MaxAttempts != DefaultMaxAttempts+1 {
 		t.Fatalf("RequeueWorkerJobs = %+v, %v", got, err)
 	}
 	if j, _ := d.Job(ctx, theirs.ID); j.State != JobRunning || j.Worker != "w2" {
@@ -339,6 +345,47 @@ func testRequeueWorkerJobs(t *testing.T, d *DB) {
 	active, err := d.ActiveJobs(ctx, 10)
 	if err != nil || len(active) != 2 || active[0].ID != theirs.ID || active[1].ID != mine.ID {
 		t.Errorf("ActiveJobs = %+v, %v; want running first", active, err)
+	}
+}
+
+// TestEnqueueJobsFrom: a job queues its build's next jobs only while its
+// worker holds it.
+func TestEnqueueJobsFrom(t *testing.T) { jobDBs(t, testEnqueueJobsFrom) }
+
+func testEnqueueJobsFrom(t *testing.T, d *DB) {
+	ctx := t.Context()
+	bid, _ := newBuildWithJobs(t, d, "r", NewJob{Kind: JobEval})
+	eval := claim(t, d, "w1", nil, t0)
+	next := []NewJob{{BuildID: bid, Kind: JobAttr, Attr: "a"}, {BuildID: bid, Kind: JobAttr, Attr: "b"}}
+	if _, err := d.EnqueueJobsFrom(ctx, eval.ID, "w2", next, t0); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("enqueue from a job another worker holds: %v, want ErrLeaseLost", err)
+	}
+	ids, err := d.EnqueueJobsFrom(ctx, eval.ID, "w1", next, t0)
+	if err != nil || len(ids) != 2 {
+		t.Fatalf("EnqueueJobsFrom = %v, %v", ids, err)
+	}
+	if _, err := d.CancelJobs(ctx, bid, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EnqueueJobsFrom(ctx, eval.ID, "w1", next, t0); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("enqueue from a cancelled job: %v, want ErrLeaseLost", err)
+	}
+	if jobs, _ := d.BuildJobs(ctx, bid); len(jobs) != 3 {
+		t.Errorf("jobs = %d, want the evaluation and its 2 attributes", len(jobs))
+	}
+}
+
+func TestRepositoryByName(t *testing.T) { jobDBs(t, testRepositoryByName) }
+
+func testRepositoryByName(t *testing.T, d *DB) {
+	if _, _, err := d.RepositoryByName(t.Context(), "r"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown repository: %v, want ErrNotFound", err)
+	}
+	if err := d.SyncRepository(t.Context(), "r", "https://example.com/r.git", "main"); err != nil {
+		t.Fatal(err)
+	}
+	if url, branch, err := d.RepositoryByName(t.Context(), "r"); err != nil || url != "https://example.com/r.git" || branch != "main" {
+		t.Errorf("RepositoryByName = %q, %q, %v", url, branch, err)
 	}
 }
 

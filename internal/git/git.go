@@ -76,6 +76,13 @@ func (c Client) Update(ctx context.Context, dir, branch, url string, log io.Writ
 	return run(ctx, dir, log, log, "reset", "--hard", "origin/"+branch, "--")
 }
 
+// ResetTo resets the work tree hard to commit, which must have been
+// fetched: the jobs of a build all build the commit its evaluation saw,
+// wherever the branch has moved since.
+func ResetTo(ctx context.Context, dir, commit string, log io.Writer) error {
+	return run(ctx, dir, log, log, "reset", "--hard", commit, "--")
+}
+
 // RemoteHead returns the commit branch points to at url, without cloning.
 func (c Client) RemoteHead(ctx context.Context, url, branch string) (string, error) {
 	var out, errb bytes.Buffer

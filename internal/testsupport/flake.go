@@ -55,6 +55,10 @@ type Flake struct {
 	HomeManagerModule bool
 	// Checks are checks.<system>.<name>, built by `nix flake check`.
 	Checks []FlakePackage
+	// EvalErrors are packages that `nix flake show` lists as derivations
+	// but whose derivation path does not evaluate: the error names the
+	// package ("fixture package <name> does not evaluate").
+	EvalErrors []string
 }
 
 // Nix returns the text of the flake.nix.
@@ -77,6 +81,9 @@ func (f Flake) Nix() string {
 `, NixString(f.System), NixString(f.Nonce))
 	for _, p := range f.Packages {
 		fmt.Fprintf(&b, "        %s = mk %s %s;\n", p.Name, NixString(p.Name), NixString(p.Script))
+	}
+	for _, name := range f.EvalErrors {
+		fmt.Fprintf(&b, "        %s = (mk %s \"\") // { drvPath = throw %s; };\n", name, NixString(name), NixString("fixture package "+name+" does not evaluate"))
 	}
 	b.WriteString("      };\n")
 	if len(f.Checks) > 0 {

@@ -57,6 +57,7 @@ type Worker struct {
 type runningJob struct {
 	job    *db.Job
 	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when the job's goroutine is through
 }
 
 // Causes a job's context ends with.
@@ -95,13 +96,23 @@ func (w *Worker) Wake() {
 
 // CancelBuild stops this worker's jobs of a build at once (their
 // cancellation is recorded by the caller; a remote worker learns it at
-// its next renewal).
-func (w *Worker) CancelBuild(buildID int64) {
+// its next renewal) and waits until they have ended, their logs stored,
+// or ctx ends.
+func (w *Worker) CancelBuild(ctx context.Context, buildID int64) {
+	var done []chan struct{}
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	for _, r := range w.running {
 		if r.job.BuildID == buildID {
 			r.cancel(ErrCancelled)
+			done = append(done, r.done)
+		}
+	}
+	w.mu.Unlock()
+	for _, ch := range done {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
 		}
 	}
 }
@@ -226,13 +237,15 @@ func (w *Worker) runJob(kill context.Context, j *db.Job) {
 	d, log := w.cfg.DB, w.cfg.Logger
 	ctx, cancel := context.WithCancelCause(kill)
 	defer cancel(nil)
+	rj := &runningJob{job: j, cancel: cancel, done: make(chan struct{})}
 	w.mu.Lock()
-	w.running[j.ID] = &runningJob{job: j, cancel: cancel}
+	w.running[j.ID] = rj
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
 		delete(w.running, j.ID)
 		w.mu.Unlock()
+		close(rj.done)
 	}()
 	log.Info("job started", "job", j.ID, "build", j.BuildID, "kind", j.Kind, "attr", j.Attr, "attempt", j.Attempts)
 
