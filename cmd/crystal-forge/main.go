@@ -19,6 +19,7 @@ const usage = `usage: crystal-forge <command> [flags]
 
 commands:
   server   the all-in-one server: key init, binary cache, builds, API and web page
+  builder  a build worker: takes build jobs from the server's database and runs them
   cache    serve the local Nix store as a signed binary cache
   keygen   create the cache signing key if it does not exist; print the public key
   trigger  trigger a build of a repository (client of a server's API)
@@ -56,6 +57,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCache(ctx, rest, stderr, log)
 	case "server":
 		err = runServer(ctx, rest, stdout, stderr, log)
+	case "builder":
+		err = runBuilder(ctx, rest, stderr, log)
 	case "trigger":
 		err = serverHint(runTrigger(ctx, rest, stdout, stderr))
 	case "status":

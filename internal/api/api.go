@@ -96,6 +96,8 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds/{id}/log", s.buildLog)
 	m.HandleFunc("GET /api/v1/builds/{id}/results/{result}/log", s.resultLog)
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
+	m.HandleFunc("GET /api/v1/workers", s.listWorkers)
+	m.HandleFunc("GET /api/v1/queue", s.queue)
 	m.HandleFunc("GET /api/v1/events", s.events)
 	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
 	m.Handle("GET /static/", web.Static())

@@ -366,7 +366,11 @@ func (jr *jobRun) attr(ctx context.Context) error {
 	switch j.AttrKind {
 	case KindPackage:
 		lg.Line("Building package %s...", j.Attr)
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#packages."+jr.r.cfg.System+"."+j.Attr)
+		system := j.System
+		if system == "" {
+			system = jr.r.cfg.System
+		}
+		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#packages."+system+"."+j.Attr)
 		if ctx.Err() == nil {
 			if err != nil {
 				lg.Line("Failed to build package %s", j.Attr)

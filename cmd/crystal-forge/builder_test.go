@@ -1,0 +1,182 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
+	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+)
+
+// runningOn returns the worker running build id's job for attr, or "".
+func runningOn(t *testing.T, s *testsupport.Server, id int64, attr string) string {
+	t.Helper()
+	var q api.Queue
+	s.GetJSON(t, "/api/v1/queue", &q)
+	for _, j := range q.Jobs {
+		if j.BuildID == id && j.Attr == attr && j.State == db.JobRunning {
+			return j.Worker
+		}
+	}
+	return ""
+}
+
+func triggerProcess(t *testing.T, s *testsupport.Server, repo string) int64 {
+	t.Helper()
+	code, body := s.Post(t, "/build/trigger/"+repo)
+	var resp struct {
+		Status  string `json:"status"`
+		BuildID int64  `json:"build_id"`
+	}
+	if err := json.Unmarshal(body, &resp); err != nil || code != http.StatusOK || resp.Status != "triggered" {
+		t.Fatalf("trigger %s = %d %s", repo, code, body)
+	}
+	return resp.BuildID
+}
+
+// TestBuildersEndToEnd: a server without its own worker and two
+// `crystal-forge builder` processes sharing its database build a flake of
+// six attributes (one failing, one that does not evaluate). The builder
+// running one attribute is SIGKILLed mid-job: its lease expires and the
+// other builder builds the attribute again; every attribute ends with the
+// right outcome, recorded once, on the page's API and the spec's. Then a
+// SIGTERMed builder drains: its running job finishes, and it exits 0.
+//
+// The builders share this machine's Nix store and the server's SQLite
+// file; builders on other machines need PostgreSQL and push their outputs
+// to the cache (docs/scaling.md).
+func TestBuildersEndToEnd(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	nonce := testsupport.Nonce()
+	blocker := testsupport.NewBlocker(t, "block")
+	flake := testsupport.Flake{System: config.DefaultSystem(), Nonce: nonce,
+		Packages: []testsupport.FlakePackage{
+			testsupport.GoodPackage("alpha", 0), testsupport.FailingPackage("bad"), blocker.Package(), testsupport.GoodPackage("zeta", 0),
+		},
+		EvalErrors: []string{"broken"},
+	}
+	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": flake.Nix()})
+	s := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: "app", URL: src}},
+		Args:         []string{"--no-local-builder"},
+	})
+	dsn := filepath.Join(s.Config.DataDir, "crystal-forge.db")
+	const lease = 3 * time.Second
+	builders := map[string]*testsupport.Builder{
+		"b1": testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: "b1", Lease: lease}),
+		"b2": testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: "b2", Lease: lease}),
+	}
+	testsupport.WaitUntil(t, "both builders to register", func() bool {
+		var ws []api.Worker
+		s.GetJSON(t, "/api/v1/workers", &ws)
+		return len(ws) == 2 && ws[0].Name == "b1" && ws[1].Name == "b2" && ws[0].Alive && ws[1].Alive && !ws[0].Draining
+	})
+
+	id := triggerProcess(t, s, "app")
+	pid := blocker.WaitStarted(t, s, id)
+	var victim string
+	testsupport.WaitUntil(t, "the queue to show who builds block", func() bool {
+		victim = runningOn(t, s, id, "block")
+		return victim != ""
+	})
+	survivor := map[string]string{"b1": "b2", "b2": "b1"}[victim]
+	builders[victim].Signal(t, syscall.SIGKILL)
+	builders[victim].Wait(t)
+	// Its nix got SIGTERM from the kernel and stopped the builder.
+	testsupport.WaitUntil(t, "the killed builder's build to stop", func() bool { return !testsupport.ProcessAlive(pid) })
+	blocker.Release(t)
+
+	b := testsupport.WaitBuildEnded(t, s, id, db.StatusFailed)
+	log := s.Log(t, id)
+	want := map[string]string{"checks": db.ResultFailed, "alpha": db.ResultSuccess, "bad": db.ResultFailed,
+		"block": db.ResultSuccess, "broken": db.ResultFailed, "zeta": db.ResultSuccess}
+	seen := map[string]int{}
+	for _, r := range b.Results {
+		seen[r.Attr]++
+		if r.Status != want[r.Attr] {
+			t.Errorf("result %s = %s (%s), want %s", r.Attr, r.Status, r.Error, want[r.Attr])
+		}
+	}
+	for attr := range want {
+		if seen[attr] != 1 {
+			t.Errorf("attribute %s has %d results, want exactly 1; results %+v", attr, seen[attr], b.Results)
+		}
+	}
+	if len(b.Results) != len(want) {
+		t.Errorf("%d results, want %d: %+v", len(b.Results), len(want), b.Results)
+	}
+	if want := "3 of 6 attributes failed: checks (check), broken (package), bad (package)"; b.Error != want {
+		t.Errorf("build error = %q, want %q", b.Error, want)
+	}
+	if n := strings.Count(log, "Successfully built package block"); n != 1 {
+		t.Errorf("the log says block was built %d times, want 1:\n%s", n, log)
+	}
+	var st map[string]any
+	s.GetJSON(t, "/build/status/app", &st)
+	if st["last_status"] != "failed" || st["is_running"] != false || st["last_commit"] != b.ShortCommit {
+		t.Errorf("/build/status/app = %v", st)
+	}
+
+	// The jobs: block was lost with the killed builder and built by the
+	// other, on its second attempt, and recorded once.
+	database, err := db.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer database.Close()
+	jobs, err := database.BuildJobs(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		switch {
+		case !j.State.Done():
+			t.Errorf("job %d (%s) is %s after the build ended", j.ID, j.Attr, j.State)
+		case j.Attr == "block" && (j.State != db.JobSucceeded || j.Worker != survivor || j.Attempts != 2):
+			t.Errorf("job block = %+v, want succeeded on %s at attempt 2", j, survivor)
+		case j.Attr != "block" && j.Attempts != 1:
+			t.Errorf("job %d (%s %s) took %d attempts, want 1", j.ID, j.Kind, j.Attr, j.Attempts)
+		}
+	}
+	if len(jobs) != 5 {
+		t.Errorf("%d jobs, want the evaluation and 4 attributes (broken does not evaluate): %+v", len(jobs), jobs)
+	}
+
+	// SIGTERM drains: the running job finishes, then the builder exits 0.
+	drainer := testsupport.NewBlocker(t, "drain")
+	flake.Packages = []testsupport.FlakePackage{drainer.Package()}
+	flake.EvalErrors = nil
+	testsupport.Commit(t, src, map[string]string{"flake.nix": flake.Nix()})
+	id = triggerProcess(t, s, "app")
+	drainer.WaitStarted(t, s, id)
+	builders[survivor].Signal(t, syscall.SIGTERM)
+	testsupport.WaitUntil(t, survivor+" to say it drains", func() bool {
+		var ws []api.Worker
+		s.GetJSON(t, "/api/v1/workers", &ws)
+		for _, w := range ws {
+			if w.Name == survivor {
+				return w.Draining && w.Running == 1
+			}
+		}
+		return false
+	})
+	if !builders[survivor].Running() {
+		t.Fatal("the draining builder exited with its job running")
+	}
+	drainer.Release(t)
+	testsupport.WaitBuildSucceeded(t, s, id)
+	if code := builders[survivor].Wait(t); code != 0 {
+		t.Errorf("drained builder exited %d, want 0", code)
+	}
+	if !builders[survivor].Logged("draining: no new jobs") {
+		t.Errorf("the builder did not say it drains:\n%s", builders[survivor].Stderr())
+	}
+}
