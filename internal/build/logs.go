@@ -36,6 +36,19 @@ func openLiveLog(path string) (*liveLog, error) {
 	return &liveLog{f: f, ch: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
+// appendLiveLog opens an existing build log to continue it.
+func appendLiveLog(path string) (*liveLog, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open build log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open build log: %w", err), f.Close())
+	}
+	return &liveLog{f: f, size: st.Size(), ch: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
 // Write appends to the log; git and nix write their output here directly.
 func (l *liveLog) Write(p []byte) (int, error) {
 	l.mu.Lock()

@@ -203,23 +203,74 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 // Wait blocks until every build goroutine has finished recording.
 func (o *Orchestrator) Wait() { o.wg.Wait() }
 
-// recover marks builds left queued or running by a dead process as failed
-// ("interrupted"), and says so at the end of their logs.
+// recover resumes the builds a previous process left queued or running:
+// their unfinished jobs go on (the in-process worker's own go back to the
+// queue when it starts), and each gets its goroutine again. A build of a
+// repository no longer configured is failed ("interrupted") instead.
 func (o *Orchestrator) recover(ctx context.Context) error {
-	stale, err := o.db.InterruptActive(ctx, time.Now())
+	active, err := o.db.ActiveBuilds(ctx)
 	if err != nil {
 		return err
 	}
-	for _, b := range stale {
-		if _, err := o.db.CancelJobs(ctx, b.ID, time.Now()); err != nil {
-			return err
+	for _, b := range active {
+		if _, ok := o.repos[b.Repository]; !ok {
+			o.interrupt(ctx, b, "its repository is no longer configured")
+			continue
 		}
-		o.log.Warn("build was interrupted by a restart", "repository", b.Repository, "build", b.ID)
-		if err := appendNote(b.LogPath, fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", b.ID)); err != nil {
-			o.log.Error("note the interruption in the build log", "build", b.ID, "err", err)
+		if err := o.resume(b); err != nil {
+			o.log.Error("resume build", "repository", b.Repository, "build", b.ID, "err", err)
+			o.interrupt(ctx, b, err.Error())
 		}
-		o.writeStatusFile(ctx, b.Repository)
 	}
+	return nil
+}
+
+// interrupt fails a build left active by a dead process that cannot be
+// resumed, and says so at the end of its log.
+func (o *Orchestrator) interrupt(ctx context.Context, b *db.Build, why string) {
+	o.log.Warn("build was interrupted by a restart", "repository", b.Repository, "build", b.ID, "why", why)
+	if _, err := o.db.CancelJobs(ctx, b.ID, time.Now()); err != nil {
+		o.log.Error("cancel the jobs of an interrupted build", "build", b.ID, "err", err)
+	}
+	if err := o.db.FinishBuild(ctx, b.ID, db.StatusFailed, "interrupted", time.Now()); err != nil {
+		o.log.Error("mark an interrupted build failed", "build", b.ID, "err", err)
+	}
+	if err := appendNote(b.LogPath, fmt.Sprintf("Build interrupted: the server stopped while build %d was running and cannot resume it (%s); marked failed", b.ID, why)); err != nil {
+		o.log.Error("note the interruption in the build log", "build", b.ID, "err", err)
+	}
+	o.writeStatusFile(ctx, b.Repository)
+}
+
+// resume gives an active build of a previous process its goroutine again.
+// Its log file is rebuilt from its jobs' logs in the database when it has
+// any (the file may lack their last chunks), else continued.
+func (o *Orchestrator) resume(b *db.Build) error {
+	chunks, err := o.db.BuildLogChunks(o.ctx, b.ID, 0, 1)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(b.LogPath), 0o755); err != nil {
+		return fmt.Errorf("create log directory: %w", err)
+	}
+	if err := linkLatest(filepath.Join(o.cfg.DataDir, "logs", b.Repository+".log"), b.LogPath); err != nil {
+		o.log.Error("point the repository's log at the resumed build", "repository", b.Repository, "build", b.ID, "err", err)
+	}
+	var lg *liveLog
+	if len(chunks) > 0 {
+		lg, err = openLiveLog(b.LogPath)
+	} else {
+		lg, err = appendLiveLog(b.LogPath)
+	}
+	if err != nil {
+		return err
+	}
+	bctx, cancel := context.WithCancelCause(o.ctx)
+	rn := &run{build: b, cancel: cancel, log: lg, wake: make(chan struct{}, 1)}
+	o.mu.Lock()
+	o.running[b.ID] = rn
+	o.mu.Unlock()
+	o.log.Warn("build resumed after a restart", "repository", b.Repository, "build", b.ID, "status", b.Status)
+	o.wg.Go(func() { o.execute(bctx, rn) })
 	return nil
 }
 

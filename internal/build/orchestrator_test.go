@@ -7,7 +7,6 @@ package build_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -381,12 +380,14 @@ func TestPolling(t *testing.T) {
 	}
 }
 
-// TestRecovery: builds a dead server left queued or running are failed as
-// "interrupted" when the next server starts, and say so in their logs.
+// TestRecovery: builds a dead server left queued or running are resumed
+// when the next server starts, not failed: the running one, which had not
+// queued its jobs yet, continues its log; the queued one starts.
 func TestRecovery(t *testing.T) {
 	t.Parallel()
 	dataDir := t.TempDir()
-	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
+	nonce := ts.Nonce()
+	src := flakeRepo(t, ts.Flake{Nonce: nonce, Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
 	ctx := t.Context()
 
 	// The server that dies: its database and orchestrator, a running build
@@ -407,13 +408,11 @@ func TestRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := database.StartBuild(ctx, running.ID, time.Now()); err != nil {
+	firstStart := time.UnixMilli(time.Now().UnixMilli()).UTC()
+	if err := database.StartBuild(ctx, running.ID, firstStart); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(running.LogPath, []byte("Starting build for app\nCloning repository...\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(running.LogPath, filepath.Join(dataDir, "logs", "app.log")); err != nil {
 		t.Fatal(err)
 	}
 	queued, _, err := database.CreateBuild(ctx, "other", "poll", filepath.Join(dataDir, "logs", "other"))
@@ -423,32 +422,33 @@ func TestRecovery(t *testing.T) {
 	database.Close()
 
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
-	interrupted := fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", running.ID)
-	b := s.Build(t, running.ID)
-	if b.Status != db.StatusFailed || b.Error != "interrupted" || b.FinishedAt == nil {
-		t.Errorf("interrupted build = %+v", b.Build)
+	b := ts.WaitBuildSucceeded(t, s, running.ID)
+	if b.StartedAt == nil || !b.StartedAt.Equal(firstStart) {
+		t.Errorf("resumed build started at %v, want its first start %v", b.StartedAt, firstStart)
 	}
-	if log := s.Log(t, running.ID); log != "Starting build for app\nCloning repository...\n"+interrupted+"\n" {
-		t.Errorf("log of the interrupted build:\n%s", log)
+	log := s.Log(t, running.ID)
+	if !strings.HasPrefix(log, "Starting build for app\nCloning repository...\n") {
+		t.Errorf("the resumed build's log lost what the dead server wrote:\n%s", log)
 	}
+	ts.RequireLogInOrder(t, log, "Cloning repository...", "Starting build for app", "Successfully built package hello",
+		"Build finished successfully for commit "+ts.ShortHead(t, src))
 	var logs struct{ Logs []string }
 	s.JSON(t, "GET", "/build/logs/app?lines=1", http.StatusOK, &logs)
-	if len(logs.Logs) != 1 || logs.Logs[0] != interrupted {
-		t.Errorf("/build/logs/app?lines=1 = %q, want %q", logs.Logs, interrupted)
+	if len(logs.Logs) != 1 || logs.Logs[0] != "Build finished successfully for commit "+ts.ShortHead(t, src) {
+		t.Errorf("/build/logs/app?lines=1 = %q", logs.Logs)
 	}
-	requireFailedStatus(t, s, "app", "")
+	if out := readOutput(t, b.Results[len(b.Results)-1]); out != "hello "+nonce+"\n" {
+		t.Errorf("hello holds %q", out)
+	}
 	var file build.Status
 	data, err := os.ReadFile(filepath.Join(dataDir, "status", "app.json"))
 	if err == nil {
 		err = json.Unmarshal(data, &file)
 	}
-	if err != nil || !reflect.DeepEqual(file, s.SpecStatus(t, "app")) {
-		t.Errorf("status file %s (%v), want /build/status", data, err)
+	if err != nil || !reflect.DeepEqual(file, s.SpecStatus(t, "app")) || str(file.LastStatus) != "success" {
+		t.Errorf("status file %s (%v), want /build/status, success", data, err)
 	}
-	if q := s.Build(t, queued.ID); q.Status != db.StatusFailed || q.Error != "interrupted" {
-		t.Errorf("interrupted queued build = %+v", q.Build)
-	}
-	requireFailedStatus(t, s, "other", "")
+	ts.WaitBuildSucceeded(t, s, queued.ID)
 
 	// The repository builds again.
 	ts.WaitBuildSucceeded(t, s, s.Trigger(t, "app"))

@@ -20,26 +20,29 @@ const supervisePoll = 500 * time.Millisecond
 // the server's build slots, queues the build's evaluation job, then follows
 // its jobs, wherever workers run them, appending their logs to the build's
 // log, until all have ended. Whatever happens — failure, timeout, cancel,
-// shutdown, panic — the status is written before it returns.
+// panic — the status is written before it returns; at shutdown the build
+// is left as it is, for the next start to resume.
 func (o *Orchestrator) execute(ctx context.Context, rn *run) {
 	b := rn.build
 	lg := rn.log
 	// Final writes must land even when ctx is what ended the build.
 	bg := context.WithoutCancel(ctx)
 	status, errMsg := db.StatusFailed, ""
-	slot := false
+	slot, detached := false, false
 	defer func() {
 		if p := recover(); p != nil {
 			o.log.Error("build panicked", "repository", b.Repository, "build", b.ID, "panic", p)
-			status, errMsg = db.StatusFailed, fmt.Sprintf("internal error: %v", p)
+			status, errMsg, detached = db.StatusFailed, fmt.Sprintf("internal error: %v", p), false
 			o.stopJobs(bg, b.ID)
 			lg.Line("Error: internal error: %v", p)
 		}
-		now := time.Now()
-		if err := o.db.FinishBuild(bg, b.ID, status, errMsg, now); err != nil {
-			o.log.Error("record build end", "build", b.ID, "err", err)
+		if !detached {
+			now := time.Now()
+			if err := o.db.FinishBuild(bg, b.ID, status, errMsg, now); err != nil {
+				o.log.Error("record build end", "build", b.ID, "err", err)
+			}
+			b.Status, b.Error, b.FinishedAt = status, errMsg, &now
 		}
-		b.Status, b.Error, b.FinishedAt = status, errMsg, &now
 		// Free the slot only now that the end is recorded, so no one sees
 		// more than MaxParallel builds running.
 		if slot {
@@ -51,48 +54,77 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run) {
 		if err := lg.close(); err != nil {
 			o.log.Error("build log incomplete", "repository", b.Repository, "build", b.ID, "err", err)
 		}
+		if detached {
+			o.log.Info("build left to resume at the next start", "repository", b.Repository, "build", b.ID)
+			return
+		}
 		o.writeStatusFile(bg, b.Repository)
 		o.publish(b)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
 	}()
 
-	// Wait for a slot; a cancel or shutdown while queued ends the build here.
+	// Wait for a slot; a cancel while queued ends the build here, a
+	// shutdown leaves it queued.
 	select {
 	case o.slots <- struct{}{}:
 		slot = true
 	case <-ctx.Done():
-		status, errMsg = o.ended(ctx, lg)
+		if detached = o.shuttingDown(ctx); !detached {
+			status, errMsg = o.ended(ctx, lg)
+		}
 		return
 	}
 
 	if o.cfg.Timeout > 0 {
+		// A resumed build's timeout counts from its first start.
+		deadline := time.Now().Add(o.cfg.Timeout)
+		if b.StartedAt != nil {
+			deadline = b.StartedAt.Add(o.cfg.Timeout)
+		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, o.cfg.Timeout, fmt.Errorf("timed out after %s", o.cfg.Timeout))
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, fmt.Errorf("timed out after %s", o.cfg.Timeout))
 		defer cancel()
 	}
-	start := time.Now()
-	if err := o.db.StartBuild(bg, b.ID, start); err != nil {
+	jobs, err := o.db.BuildJobs(bg, b.ID)
+	if err != nil {
 		errMsg = err.Error()
 		return
 	}
-	b.Status, b.StartedAt = db.StatusRunning, &start
+	if b.Status != db.StatusRunning {
+		start := time.Now()
+		if err := o.db.StartBuild(bg, b.ID, start); err != nil {
+			errMsg = err.Error()
+			return
+		}
+		b.Status, b.StartedAt = db.StatusRunning, &start
+	}
 	o.writeStatusFile(bg, b.Repository)
 	o.publish(b)
 
-	if _, err := o.db.EnqueueJobs(bg, []db.NewJob{{BuildID: b.ID, Kind: db.JobEval, Forced: rn.forced}}, time.Now()); err != nil {
-		lg.Line("Error: %v", err)
-		errMsg = err.Error()
-		return
+	// A build resumed with its jobs has its evaluation job already.
+	if len(jobs) == 0 {
+		if _, err := o.db.EnqueueJobs(bg, []db.NewJob{{BuildID: b.ID, Kind: db.JobEval, Forced: rn.forced}}, time.Now()); err != nil {
+			lg.Line("Error: %v", err)
+			errMsg = err.Error()
+			return
+		}
 	}
 	if o.local != nil {
 		o.local.Wake()
 	}
-	status, errMsg = o.supervise(ctx, rn)
+	status, errMsg, detached = o.supervise(ctx, rn)
+}
+
+// shuttingDown reports whether ctx ended because the server stops (not a
+// cancel or timeout of the build).
+func (o *Orchestrator) shuttingDown(ctx context.Context) bool {
+	return o.ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCancelled)
 }
 
 // supervise follows a running build's jobs until all have ended, or ctx
-// ends, and returns the build's outcome.
-func (o *Orchestrator) supervise(ctx context.Context, rn *run) (string, string) {
+// ends, and returns the build's outcome; detached when the server shuts
+// down, leaving the build and its jobs to resume.
+func (o *Orchestrator) supervise(ctx context.Context, rn *run) (status, errMsg string, detached bool) {
 	b := rn.build
 	bg := context.WithoutCancel(ctx)
 	t := time.NewTicker(supervisePoll)
@@ -110,14 +142,20 @@ func (o *Orchestrator) supervise(ctx context.Context, rn *run) (string, string) 
 			}
 			if allEnded(jobs) {
 				o.pumpLog(bg, rn)
-				return o.conclude(bg, rn, jobs)
+				status, errMsg = o.conclude(bg, rn, jobs)
+				return status, errMsg, false
 			}
 		}
 		select {
 		case <-ctx.Done():
+			if o.shuttingDown(ctx) {
+				o.pumpLog(bg, rn)
+				return "", "", true
+			}
 			o.stopJobs(bg, b.ID)
 			o.pumpLog(bg, rn)
-			return o.ended(ctx, rn.log)
+			status, errMsg = o.ended(ctx, rn.log)
+			return status, errMsg, false
 		case <-rn.wake:
 		case <-t.C:
 		}
@@ -259,9 +297,6 @@ func (o *Orchestrator) ended(ctx context.Context, lg *liveLog) (string, string) 
 	case errors.Is(cause, errCancelled):
 		lg.Line("Build cancelled")
 		return db.StatusCancelled, "cancelled"
-	case o.ctx.Err() != nil:
-		lg.Line("Build interrupted: the server is shutting down")
-		return db.StatusFailed, "interrupted"
 	default:
 		lg.Line("Build failed: %v", cause)
 		return db.StatusFailed, cause.Error()

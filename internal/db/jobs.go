@@ -478,3 +478,22 @@ func (d *DB) FinishJobResult(ctx context.Context, id, jobID int64, worker, statu
 	}
 	return oneRow(res, jobID)
 }
+
+// ActiveBuilds returns the queued and running builds, oldest first: after
+// a restart, the builds to resume.
+func (d *DB) ActiveBuilds(ctx context.Context) ([]*Build, error) {
+	rows, err := d.sql.QueryContext(ctx, `SELECT `+buildCols+` FROM builds WHERE status IN ('queued', 'running') ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list active builds: %w", err)
+	}
+	defer rows.Close()
+	var out []*Build
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list active builds: %w", err)
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}

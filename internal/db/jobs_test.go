@@ -375,6 +375,25 @@ func testEnqueueJobsFrom(t *testing.T, d *DB) {
 	}
 }
 
+func TestActiveBuilds(t *testing.T) { jobDBs(t, testActiveBuilds) }
+
+func testActiveBuilds(t *testing.T, d *DB) {
+	ctx := t.Context()
+	queued, _, _ := d.CreateBuild(ctx, "a", "api", "/l/a")
+	running, _, _ := d.CreateBuild(ctx, "b", "api", "/l/b")
+	done, _, _ := d.CreateBuild(ctx, "c", "api", "/l/c")
+	if err := d.StartBuild(ctx, running.ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.FinishBuild(ctx, done.ID, StatusSuccess, "", t0); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.ActiveBuilds(ctx)
+	if err != nil || len(got) != 2 || got[0].ID != queued.ID || got[1].ID != running.ID || got[1].Status != StatusRunning {
+		t.Fatalf("ActiveBuilds = %+v, %v; want builds %d and %d", got, err, queued.ID, running.ID)
+	}
+}
+
 func TestRepositoryByName(t *testing.T) { jobDBs(t, testRepositoryByName) }
 
 func testRepositoryByName(t *testing.T, d *DB) {
