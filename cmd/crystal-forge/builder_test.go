@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -178,5 +179,28 @@ func TestBuildersEndToEnd(t *testing.T) {
 	}
 	if !builders[survivor].Logged("draining: no new jobs") {
 		t.Errorf("the builder did not say it drains:\n%s", builders[survivor].Stderr())
+	}
+
+	// Cancel reaches a job on a builder: at its next lease renewal it
+	// stops the job's nix, and the job stays cancelled.
+	testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: "b3", Lease: lease})
+	stuck := testsupport.NewBlocker(t, "stuck")
+	flake.Packages = []testsupport.FlakePackage{stuck.Package()}
+	testsupport.Commit(t, src, map[string]string{"flake.nix": flake.Nix()})
+	id = triggerProcess(t, s, "app")
+	pid = stuck.WaitStarted(t, s, id)
+	if code, body := s.Post(t, fmt.Sprintf("/api/v1/builds/%d/cancel", id)); code != http.StatusAccepted {
+		t.Fatalf("cancel = %d %s", code, body)
+	}
+	testsupport.WaitBuildEnded(t, s, id, db.StatusCancelled)
+	testsupport.WaitUntil(t, "the builder to stop the cancelled job's build", func() bool { return !testsupport.ProcessAlive(pid) })
+	jobs, err = database.BuildJobs(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		if j.Attr == "stuck" && (j.State != db.JobCancelled || j.Worker != "b3") {
+			t.Errorf("cancelled job = %+v, want cancelled on b3", j)
+		}
 	}
 }
