@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/config"
@@ -202,5 +205,59 @@ func TestBuildersEndToEnd(t *testing.T) {
 		if j.Attr == "stuck" && (j.State != db.JobCancelled || j.Worker != "b3") {
 			t.Errorf("cancelled job = %+v, want cancelled on b3", j)
 		}
+	}
+}
+
+// TestWebPageWorkersQueue drives the page's workers and queue tables in
+// headless Chromium: a builder process shows up with its systems and what
+// it runs, the queue shows its job running on it, a SIGTERM shows it
+// draining, and the queue empties when the build ends.
+func TestWebPageWorkersQueue(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	testsupport.RequireChromium(t)
+	blocker := testsupport.NewBlocker(t, "block")
+	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{System: config.DefaultSystem(), Nonce: testsupport.Nonce(),
+		Packages: []testsupport.FlakePackage{blocker.Package()}}.Nix()})
+	s := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: "app", URL: src}},
+		Args:         []string{"--no-local-builder"},
+	})
+	builder := testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: filepath.Join(s.Config.DataDir, "crystal-forge.db"), Name: "pagebuilder", Lease: 3 * time.Second})
+	id := triggerProcess(t, s, "app")
+	blocker.WaitStarted(t, s, id)
+
+	b := testsupport.NewBrowser(t)
+	ctx, cancel := context.WithTimeout(b.Ctx, 90*time.Second)
+	defer cancel()
+	waitJS := func(what, expr string) {
+		t.Helper()
+		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
+			t.Fatalf("waiting for %s (%s): %v\nworkers section: %q", what, expr, err, jsString(ctx, `document.querySelector("#workers-section").innerText`))
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.URL+"/"), chromedp.WaitVisible(chromedp.ID("worker-pagebuilder"))); err != nil {
+		t.Fatalf("load the page: %v", err)
+	}
+	row := `document.querySelector("#worker-pagebuilder")`
+	waitJS("the worker to show its running job", row+`.querySelector("td.running").textContent === "1 of 1"
+		&& `+row+`.querySelector("td.systems").textContent === "`+config.DefaultSystem()+`"
+		&& `+row+`.querySelector("td.state").textContent === "online"`)
+	waitJS("the queue to show block running on the builder", `[...document.querySelectorAll("#queue tr")].some((r) =>
+		r.querySelector("td.attr")?.textContent === "block (package)" && r.querySelector("td.state")?.textContent === "running"
+		&& r.querySelector("td.worker")?.textContent === "pagebuilder")`)
+	waitJS("the summary", `document.querySelector("#queue-summary").textContent === "1 online · 1 job running · 0 queued"`)
+
+	builder.Signal(t, syscall.SIGTERM)
+	waitJS("the worker to show it drains", row+`.querySelector("td.state").textContent === "draining"`)
+	blocker.Release(t)
+	testsupport.WaitBuildSucceeded(t, s, id)
+	waitJS("the queue to empty", `document.querySelector("#queue").textContent === "No jobs queued or running."`)
+	if code := builder.Wait(t); code != 0 {
+		t.Errorf("builder exited %d, want 0", code)
+	}
+	if ex := b.Exceptions(); len(ex) > 0 {
+		t.Errorf("the page threw: %q", ex)
 	}
 }

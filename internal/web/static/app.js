@@ -1,6 +1,7 @@
 // Crystal Forge page: cards per repository, kept live by /api/v1/events;
 // a selected build shows its per-package results and streams its log; the
-// fleet table lists the hosts.
+// fleet table lists the hosts, the workers tables the build workers and the
+// job queue.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -235,6 +236,47 @@ async function approve(name, btn) {
   await refreshHosts().catch(console.warn);
 }
 
+// Workers and the job queue: refreshed every 5 s and on build events.
+function workerRow(w) {
+  const st = !w.alive ? "offline" : w.draining ? "draining" : "online";
+  return el("tr", { id: `worker-${w.name}`, "data-worker": w.name, class: st },
+    el("td", { class: "name" }, w.name),
+    el("td", { class: "host" }, w.host),
+    el("td", { class: "systems" }, (w.systems || []).join(", ")),
+    el("td", { class: "running" }, `${w.running} of ${w.capacity}`),
+    el("td", { class: "last-seen" }, fmtTime(w.last_seen)),
+    el("td", { class: "state" }, el("span", { class: `status ${st}` }, st)));
+}
+
+function jobRow(j) {
+  const s = Math.round(j.seconds);
+  const what = j.kind === "eval" ? "evaluation" : `${j.attr} (${j.attr_kind})`;
+  return el("tr", { id: `job-${j.id}`, "data-job": j.id, class: j.state },
+    el("td", {}, `#${j.id}`),
+    el("td", {}, el("a", { href: `/builds/${j.build_id}`, onclick: (e) => { e.preventDefault(); getJSON(`/api/v1/builds/${j.build_id}`).then((b) => selectBuild(b.repository, b.id)).catch(console.warn); } }, `#${j.build_id}`)),
+    el("td", { class: "attr" }, what),
+    el("td", { class: "state" }, el("span", { class: `s ${j.state}` }, j.state), j.attempts > 1 ? ` (attempt ${j.attempts})` : ""),
+    el("td", { class: "worker" }, j.worker || "—"),
+    el("td", { class: "for" }, s < 60 ? `${s}s` : `${Math.floor(s / 60)}m ${s % 60}s`));
+}
+
+let workersSeq = 0;
+async function refreshWorkers() {
+  const seq = ++workersSeq;
+  const [workers, queue] = await Promise.all([getJSON("/api/v1/workers"), getJSON("/api/v1/queue")]);
+  if (seq !== workersSeq) return;
+  $("#queue-summary").textContent = `${workers.filter((w) => w.alive).length} online · ${queue.running} job${queue.running === 1 ? "" : "s"} running · ${queue.queued} queued`;
+  $("#workers").replaceChildren(...(workers.length ? workers.map(workerRow)
+    : [el("tr", { class: "empty-row" }, el("td", { colspan: "6", class: "empty" }, "No workers: start crystal-forge builder, or the server without --no-local-builder."))]));
+  $("#queue").replaceChildren(...(queue.jobs.length ? queue.jobs.map(jobRow)
+    : [el("tr", { class: "empty-row" }, el("td", { colspan: "6", class: "empty" }, "No jobs queued or running."))]));
+}
+
+let workersSoon = null;
+function refreshWorkersSoon() {
+  if (!workersSoon) workersSoon = setTimeout(() => { workersSoon = null; refreshWorkers().catch(console.warn); }, 300);
+}
+
 function connect() {
   const es = new EventSource("/api/v1/events");
   es.onopen = () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); };
@@ -243,6 +285,7 @@ function connect() {
     const ev = JSON.parse(e.data);
     refreshRepo(ev.repository).catch(console.warn);
     refreshHostsSoon();
+    refreshWorkersSoon();
     if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
   });
 }
@@ -260,4 +303,6 @@ refreshAll().catch(console.warn);
 openFromURL().catch(console.warn);
 refreshHosts().catch(console.warn);
 setInterval(() => refreshHosts().catch(console.warn), 10000);
+refreshWorkers().catch(console.warn);
+setInterval(() => refreshWorkers().catch(console.warn), 5000);
 connect();
