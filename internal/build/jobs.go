@@ -221,10 +221,12 @@ func (jr *jobRun) eval(ctx context.Context) error {
 		lg.Line("Warning: flake update failed (%v); continuing with the locked inputs", err)
 	}
 	lg.Line("Checking flake...")
-	// A failing check fails the build like a failing package: it is
-	// recorded as the attribute "checks", and the packages still build.
+	// The flake's own check, without building: the outputs evaluate and
+	// have the right types. A failure fails the build like a failing
+	// package: it is recorded as the attribute "checks", and the packages
+	// still build. Each checks.<system>.<name> is built as a job of its own.
 	err = jr.attempt(ctx, "checks", KindCheck, func() (string, []string, error) {
-		return "", nil, nix.Run(ctx, jr.repoDir, lg, "flake", "check", "--print-build-logs", "--keep-going")
+		return "", nil, nix.Run(ctx, jr.repoDir, lg, "flake", "check", "--no-build")
 	})
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -261,6 +263,22 @@ func (jr *jobRun) eval(ctx context.Context) error {
 			continue
 		}
 		if j, ok := jr.evalAttr(ctx, pkg, KindPackage, "package "+pkg, "eval", "--raw", ".#packages."+system+"."+pkg+".drvPath"); ok {
+			jobs = append(jobs, j)
+		}
+	}
+
+	checks := make([]string, 0, len(show.Checks[system]))
+	for name := range show.Checks[system] {
+		checks = append(checks, name)
+	}
+	sort.Strings(checks)
+	for _, name := range checks {
+		if !attrRE.MatchString(name) {
+			lg.Line("Skipping check %q: unsupported attribute name", name)
+			jr.skip(ctx, "checks."+name, KindCheck, "unsupported attribute name")
+			continue
+		}
+		if j, ok := jr.evalAttr(ctx, "checks."+name, KindCheck, "check "+name, "eval", "--raw", ".#checks."+system+"."+name+".drvPath"); ok {
 			jobs = append(jobs, j)
 		}
 	}
@@ -366,16 +384,23 @@ func (jr *jobRun) attr(ctx context.Context) error {
 	switch j.AttrKind {
 	case KindPackage:
 		lg.Line("Building package %s...", j.Attr)
-		system := j.System
-		if system == "" {
-			system = jr.r.cfg.System
-		}
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#packages."+system+"."+j.Attr)
+		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#packages."+jr.system()+"."+j.Attr)
 		if ctx.Err() == nil {
 			if err != nil {
 				lg.Line("Failed to build package %s", j.Attr)
 			} else {
 				lg.Line("Successfully built package %s", j.Attr)
+			}
+		}
+	case KindCheck:
+		name := strings.TrimPrefix(j.Attr, "checks.")
+		lg.Line("Building check %s...", name)
+		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#checks."+jr.system()+"."+name)
+		if ctx.Err() == nil {
+			if err != nil {
+				lg.Line("Failed to build check %s", name)
+			} else {
+				lg.Line("Successfully built check %s", name)
 			}
 		}
 	case KindNixOS:
@@ -411,6 +436,14 @@ func (jr *jobRun) attr(ctx context.Context) error {
 		return context.Cause(ctx)
 	}
 	return err
+}
+
+// system is the system the job builds for.
+func (jr *jobRun) system() string {
+	if jr.job.System != "" {
+		return jr.job.System
+	}
+	return jr.r.cfg.System
 }
 
 // homeManagerExpr writes the test home configuration and returns the
@@ -513,14 +546,14 @@ func (jr *jobRun) attempt(ctx context.Context, attr, kind string, fn func() (drv
 		lg.Line("Error: cannot record the result of %s: %v", attr, err)
 		return err
 	}
-	jr.remember(ctx, kind, drv, outs, ferr, errMsg)
+	jr.remember(ctx, attr, kind, drv, outs, ferr, errMsg)
 	return ferr
 }
 
 // remember records what became of an attribute's derivation: built, or
 // failed by its builder (not stopped, nor failed before building).
-func (jr *jobRun) remember(ctx context.Context, kind, drv string, outs []string, ferr error, errMsg string) {
-	if drv == "" || kind == KindCheck {
+func (jr *jobRun) remember(ctx context.Context, attr, kind, drv string, outs []string, ferr error, errMsg string) {
+	if drv == "" || (kind == KindCheck && attr == "checks") {
 		return
 	}
 	rec := db.Derivation{DrvPath: drv, Status: db.DrvBuilt, OutPaths: outs, BuildID: jr.build.ID, At: time.Now()}

@@ -186,9 +186,11 @@ func requireFailure(t *testing.T, r *db.Result, drvName, wantTail string) {
 	}
 }
 
-// TestFailingCheck: a failing flake check fails the build as the
-// attribute "checks", with its derivation and log; the packages still
-// build and stay cached.
+// TestFailingCheck: each checks.<system>.<name> is built as an attribute
+// of its own ("checks.<name>", kind check); a failing one fails the build
+// with its derivation and log, while the flake's own check (the attribute
+// "checks": the outputs evaluate) passes, and the packages still build and
+// stay cached.
 func TestFailingCheck(t *testing.T) {
 	t.Parallel()
 	nonce := ts.Nonce()
@@ -200,27 +202,40 @@ func TestFailingCheck(t *testing.T) {
 	b := s.WaitFinished(t, s.Trigger(t, "app"))
 	log := s.Log(t, b.ID)
 	short := ts.ShortHead(t, src)
-	if b.Status != db.StatusFailed || b.Error != "1 of 2 attributes failed: checks (check)" {
-		t.Fatalf("build = %+v, want failed by its check; log:\n%s", b.Build, log)
+	if b.Status != db.StatusFailed || b.Error != "1 of 4 attributes failed: checks.unit (check)" {
+		t.Fatalf("build = %+v, want failed by its check unit; log:\n%s", b.Build, log)
 	}
-	if want := (db.ResultCounts{Built: 1, Failed: 1}); b.Counts != want {
+	if want := (db.ResultCounts{Built: 3, Failed: 1}); b.Counts != want {
 		t.Errorf("counts = %+v, want %+v", b.Counts, want)
 	}
-	if len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[0].Kind != "check" {
-		t.Fatalf("results = %+v, want checks then tool", b.Results)
+	if len(b.Results) != 4 {
+		t.Fatalf("results = %+v, want checks, tool, checks.lint, checks.unit", b.Results)
 	}
-	requireFailure(t, b.Results[0], "unit", "fixture package unit fails on purpose")
-	out := readOutput(t, b.Results[1])
-	if out != "tool "+nonce+"\n" {
+	for i, want := range []struct{ attr, kind, status string }{
+		{"checks", "check", db.ResultSuccess}, {"tool", "package", db.ResultSuccess},
+		{"checks.lint", "check", db.ResultSuccess}, {"checks.unit", "check", db.ResultFailed},
+	} {
+		if r := b.Results[i]; r.Attr != want.attr || r.Kind != want.kind || r.Status != want.status {
+			t.Errorf("result %d = %s (%s) %s, want %s (%s) %s", i, r.Attr, r.Kind, r.Status, want.attr, want.kind, want.status)
+		}
+	}
+	requireFailure(t, b.Results[3], "unit", "fixture package unit fails on purpose")
+	if out := readOutput(t, b.Results[1]); out != "tool "+nonce+"\n" {
 		t.Errorf("tool holds %q", out)
+	}
+	if out := readOutput(t, b.Results[2]); out != "lint "+nonce+"\n" {
+		t.Errorf("lint holds %q", out)
 	}
 	requireGCRoot(t, filepath.Join(s.DataDir, "gcroots", "app", "tool"), b.Results[1].OutPaths[0])
 	ts.RequireLogInOrder(t, log,
 		"Checking flake...",
-		"Flake check failed; building the packages anyway",
+		"Flake check passed",
 		"Successfully built package tool",
-		"Build complete with failures: 1 built, 1 failed, 0 skipped; what built is cached.",
-		"Build failed for commit "+short+": 1 of 2 attributes failed: checks (check)",
+		"Successfully built check lint",
+		"Building check unit...",
+		"Failed to build check unit",
+		"Build complete with failures: 3 built, 1 failed, 0 skipped; what built is cached.",
+		"Build failed for commit "+short+": 1 of 4 attributes failed: checks.unit (check)",
 	)
 	if strings.Contains(log, "Build finished successfully") || strings.Contains(log, "All dependencies cached") {
 		t.Errorf("the log of a failed build claims success:\n%s", log)

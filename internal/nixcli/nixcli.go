@@ -154,6 +154,7 @@ func firstArgs(args []string) string {
 // FlakeShow is the part of `nix flake show --json` the orchestrator reads.
 type FlakeShow struct {
 	Packages            map[string]map[string]json.RawMessage `json:"packages"`
+	Checks              map[string]map[string]json.RawMessage `json:"checks"`
 	HomeManagerModules  json.RawMessage                       `json:"homeManagerModules"`
 	NixosConfigurations map[string]json.RawMessage            `json:"nixosConfigurations"`
 }

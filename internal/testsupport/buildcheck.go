@@ -14,8 +14,13 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 )
 
-// resultKindCheck is the kind of the result of `nix flake check`.
-const resultKindCheck = "check"
+// resultKindCheck and resultAttrFlakeCheck name the result of `nix flake
+// check`, the one result without outputs (each checks.<system>.<name> is a
+// result "checks.<name>" of kind check, with its output).
+const (
+	resultKindCheck      = "check"
+	resultAttrFlakeCheck = "checks"
+)
 
 // Builds is a build server a test can ask about a build: *BuildServer and
 // *Server.
@@ -28,7 +33,7 @@ type Builds interface {
 
 // CheckBuildSucceeded says why b is not a build that succeeded: its status
 // is not success, it has no result, or a result's status is not success,
-// it has no output path (a flake check has none), or an output path does
+// it has no output path (the flake check has none), or an output path does
 // not exist on disk. Results
 // are checked one by one, whatever the build's status says about them.
 func CheckBuildSucceeded(b api.Build) error {
@@ -47,8 +52,8 @@ func CheckBuildSucceeded(b api.Build) error {
 			errs = append(errs, fmt.Errorf("%s %s is %s, want %s (error %q)", r.Kind, r.Attr, r.Status, db.ResultSuccess, r.Error))
 			continue
 		}
-		// The flake check builds the flake's checks but records no output.
-		if len(r.OutPaths) == 0 && r.Kind != resultKindCheck {
+		// The flake check only evaluates: it records no output.
+		if len(r.OutPaths) == 0 && (r.Kind != resultKindCheck || r.Attr != resultAttrFlakeCheck) {
 			errs = append(errs, fmt.Errorf("%s %s succeeded without an output path", r.Kind, r.Attr))
 		}
 		for _, p := range r.OutPaths {

@@ -40,6 +40,7 @@ func TestCheckBuildSucceeded(t *testing.T) {
 		{"a result still running", build(db.StatusSuccess, &db.Result{Attr: "c", Kind: "package", Status: db.ResultRunning}), "package c is running"},
 		{"success without output", build(db.StatusSuccess, ok("a")), "without an output path"},
 		{"a flake check has no output", build(db.StatusSuccess, &db.Result{Attr: "checks", Kind: "check", Status: db.ResultSuccess}, ok("a", out)), ""},
+		{"a built check without output", build(db.StatusSuccess, &db.Result{Attr: "checks.unit", Kind: "check", Status: db.ResultSuccess}), "check checks.unit succeeded without an output path"},
 		{"output not on disk", build(db.StatusSuccess, ok("a", out, missing)), missing},
 		{"no build", api.Build{}, "no build"},
 	} {

@@ -53,7 +53,7 @@ type Flake struct {
 	// HomeManagerModule adds homeManagerModules.default, a module that
 	// returns { fixture.marker = "<nonce>"; }.
 	HomeManagerModule bool
-	// Checks are checks.<system>.<name>, built by `nix flake check`.
+	// Checks are checks.<system>.<name>, each built as an attribute.
 	Checks []FlakePackage
 	// EvalErrors are packages that `nix flake show` lists as derivations
 	// but whose derivation path does not evaluate: the error names the
