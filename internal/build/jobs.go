@@ -189,6 +189,14 @@ func (jr *jobRun) eval(ctx context.Context) error {
 	// Phase 2: repository sync.
 	unlock := jr.r.lockRepo(jr.repo.Name)
 	err := jr.sync(ctx)
+	if err == nil && b.Commit != "" {
+		// An earlier attempt of this evaluation, since lost, chose the
+		// commit: the build's jobs all build that one.
+		lg.Line("Evaluating commit %s again: an earlier attempt was lost", b.ShortCommit)
+		if err = git.ResetTo(ctx, jr.repoDir, b.Commit, lg); err != nil {
+			lg.Line("Error: cannot check out commit %s: %v", b.Commit, err)
+		}
+	}
 	var full, short string
 	if err == nil {
 		full, short, err = git.Head(ctx, jr.repoDir)

@@ -128,7 +128,10 @@ func (d *DB) EnqueueJobs(ctx context.Context, jobs []NewJob, at time.Time) ([]in
 // EnqueueJobsFrom is EnqueueJobs for a running job queueing the next jobs
 // of its build (an evaluation queueing its attributes): they are queued
 // only while worker holds job parent (else ErrLeaseLost), so a cancelled
-// build or a lost attempt queues nothing.
+// build or a lost attempt queues nothing; and a job the build already has
+// (same kind, attribute and attribute kind: queued by an earlier attempt
+// of parent that was then lost) is not queued twice. It returns the ids
+// of the jobs it queued.
 func (d *DB) EnqueueJobsFrom(ctx context.Context, parent int64, worker string, jobs []NewJob, at time.Time) ([]int64, error) {
 	return d.enqueue(ctx, parent, worker, jobs, at)
 }
@@ -155,6 +158,16 @@ func (d *DB) enqueue(ctx context.Context, parent int64, worker string, jobs []Ne
 		for _, j := range jobs {
 			if j.MaxAttempts <= 0 {
 				j.MaxAttempts = DefaultMaxAttempts
+			}
+			if parent != 0 {
+				var n int
+				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM jobs WHERE build_id = $1 AND kind = $2 AND attr = $3 AND attr_kind = $4`,
+					j.BuildID, j.Kind, j.Attr, j.AttrKind).Scan(&n); err != nil {
+					return err
+				}
+				if n > 0 {
+					continue
+				}
 			}
 			var id int64
 			if err := tx.QueryRowContext(ctx, `INSERT INTO jobs (build_id, kind, attr, attr_kind, system, drv_path, state, max_attempts, created_at, forced)

@@ -364,14 +364,24 @@ func testEnqueueJobsFrom(t *testing.T, d *DB) {
 	if err != nil || len(ids) != 2 {
 		t.Fatalf("EnqueueJobsFrom = %v, %v", ids, err)
 	}
+	// A second attempt of the evaluation queues only what is missing.
+	if _, _, err := d.ReclaimExpired(ctx, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	eval = claim(t, d, "w2", nil, t0.Add(time.Hour))
+	more := append(next, NewJob{BuildID: bid, Kind: JobAttr, Attr: "c"}, NewJob{BuildID: bid, Kind: JobAttr, Attr: "a", AttrKind: "check"})
+	again, err := d.EnqueueJobsFrom(ctx, eval.ID, "w2", more, t0)
+	if err != nil || len(again) != 2 {
+		t.Fatalf("EnqueueJobsFrom of a second attempt = %v, %v; want c and the check a only", again, err)
+	}
 	if _, err := d.CancelJobs(ctx, bid, t0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.EnqueueJobsFrom(ctx, eval.ID, "w1", next, t0); !errors.Is(err, ErrLeaseLost) {
+	if _, err := d.EnqueueJobsFrom(ctx, eval.ID, "w2", next, t0); !errors.Is(err, ErrLeaseLost) {
 		t.Errorf("enqueue from a cancelled job: %v, want ErrLeaseLost", err)
 	}
-	if jobs, _ := d.BuildJobs(ctx, bid); len(jobs) != 3 {
-		t.Errorf("jobs = %d, want the evaluation and its 2 attributes", len(jobs))
+	if jobs, _ := d.BuildJobs(ctx, bid); len(jobs) != 5 {
+		t.Errorf("jobs = %d, want the evaluation and its 4 attributes", len(jobs))
 	}
 }
 
