@@ -40,6 +40,7 @@ bench: build
 	./scripts/install-deps.sh bench
 	./bench/cache.sh
 	./bench/api.sh
+	SKIP_BUILD=1 ./bench/jobs.sh
 
 clean:
 	rm -rf bin
