@@ -52,14 +52,14 @@ func run(dsn string, n, workers int, gap time.Duration) error {
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }()
 		dsn = filepath.Join(dir, "state.db")
 	}
 	d, err := db.Open(ctx, dsn)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	newBuild := func(repo string) (int64, error) {
 		b, _, err := d.CreateBuild(ctx, fmt.Sprintf("%s-%d", repo, time.Now().UnixNano()), "bench", os.TempDir())
 		if err != nil {

@@ -20,7 +20,6 @@ import (
 type liveLog struct {
 	mu   sync.Mutex
 	f    *os.File
-	size int64 // bytes written: where the next write lands
 	ch   chan struct{}
 	done chan struct{}
 	// err is the first failed write, reported by close: a build goes on
@@ -42,11 +41,7 @@ func appendLiveLog(path string) (*liveLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open build log: %w", err)
 	}
-	st, err := f.Stat()
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("open build log: %w", err), f.Close())
-	}
-	return &liveLog{f: f, size: st.Size(), ch: make(chan struct{}), done: make(chan struct{})}, nil
+	return &liveLog{f: f, ch: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // Write appends to the log; git and nix write their output here directly.
@@ -54,7 +49,6 @@ func (l *liveLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n, err := l.f.Write(p)
-	l.size += int64(n)
 	if err != nil && l.err == nil {
 		l.err = err
 	}
@@ -67,14 +61,6 @@ func (l *liveLog) Write(p []byte) (int, error) {
 // A failed write is kept for close to report.
 func (l *liveLog) Line(format string, args ...any) {
 	_, _ = fmt.Fprintf(l, format+"\n", args...)
-}
-
-// offset is the log's length so far: an attribute's part of the log is
-// the bytes between its offsets before and after it is built.
-func (l *liveLog) offset() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.size
 }
 
 func (l *liveLog) changed() <-chan struct{} {
