@@ -45,20 +45,46 @@ func triggerProcess(t *testing.T, s *testsupport.Server, repo string) int64 {
 	return resp.BuildID
 }
 
+// builderDatabases are the databases the builders' end-to-end test runs
+// on, each giving the server's extra arguments and the DSN builders use.
+// "sqlite" is the server's own file (builders on the server's machine).
+// With the PostgreSQL test harness (branch pg), add
+//
+//	"postgres": func(t *testing.T) ([]string, func(*testsupport.Server) string) {
+//		dsn := pgtest.NewDatabase(t)
+//		return []string{"--db", dsn}, func(*testsupport.Server) string { return dsn }
+//	},
+//
+// (run so in a merge of both branches: it passes).
+var builderDatabases = map[string]func(t *testing.T) (serverArgs []string, dsn func(*testsupport.Server) string){
+	"sqlite": func(t *testing.T) ([]string, func(*testsupport.Server) string) {
+		return nil, func(s *testsupport.Server) string { return filepath.Join(s.Config.DataDir, "crystal-forge.db") }
+	},
+}
+
 // TestBuildersEndToEnd: a server without its own worker and two
 // `crystal-forge builder` processes sharing its database build a flake of
 // six attributes (one failing, one that does not evaluate). The builder
 // running one attribute is SIGKILLed mid-job: its lease expires and the
 // other builder builds the attribute again; every attribute ends with the
 // right outcome, recorded once, on the page's API and the spec's. Then a
-// SIGTERMed builder drains: its running job finishes, and it exits 0.
+// SIGTERMed builder drains: its running job finishes, and it exits 0; and
+// a cancelled build's job stops on the builder running it.
 //
-// The builders share this machine's Nix store and the server's SQLite
-// file; builders on other machines need PostgreSQL and push their outputs
-// to the cache (docs/scaling.md).
+// The builders share this machine's Nix store; builders on other machines
+// have their own and push their outputs to the cache (docs/scaling.md).
 func TestBuildersEndToEnd(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
+	for name, database := range builderDatabases {
+		t.Run(name, func(t *testing.T) {
+			args, dsnOf := database(t)
+			testBuildersEndToEnd(t, args, dsnOf)
+		})
+	}
+}
+
+func testBuildersEndToEnd(t *testing.T, serverArgs []string, dsnOf func(*testsupport.Server) string) {
 	nonce := testsupport.Nonce()
 	blocker := testsupport.NewBlocker(t, "block")
 	flake := testsupport.Flake{System: config.DefaultSystem(), Nonce: nonce,
@@ -70,9 +96,9 @@ func TestBuildersEndToEnd(t *testing.T) {
 	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": flake.Nix()})
 	s := testsupport.StartServer(t, testsupport.ServerOptions{
 		Repositories: []testsupport.ServerRepository{{Name: "app", URL: src}},
-		Args:         []string{"--no-local-builder"},
+		Args:         append([]string{"--no-local-builder"}, serverArgs...),
 	})
-	dsn := filepath.Join(s.Config.DataDir, "crystal-forge.db")
+	dsn := dsnOf(s)
 	const lease = 3 * time.Second
 	builders := map[string]*testsupport.Builder{
 		"b1": testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: "b1", Lease: lease}),
