@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,6 +32,28 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 		out = append(out, Worker{Worker: wk, Alive: time.Since(wk.LastSeen) < 3*workerHeartbeat})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// queueProblems says when build jobs wait and no worker is there to take
+// them (a server with --no-local-builder whose builders are all gone).
+func (s *Server) queueProblems(ctx context.Context) []string {
+	queued, _, err := s.db.QueueCounts(ctx)
+	if err != nil {
+		return []string{fmt.Sprintf("cannot read the build queue: %v", err)}
+	}
+	if queued == 0 {
+		return nil
+	}
+	ws, err := s.db.Workers(ctx)
+	if err != nil {
+		return []string{fmt.Sprintf("cannot read the build workers: %v", err)}
+	}
+	for _, w := range ws {
+		if !w.Draining && time.Since(w.LastSeen) < 3*workerHeartbeat {
+			return nil
+		}
+	}
+	return []string{fmt.Sprintf("%d build jobs are queued and no build worker is alive: start `crystal-forge builder --db …` (docs/scaling.md), or the server without --no-local-builder", queued)}
 }
 
 // Queue is GET /api/v1/queue.

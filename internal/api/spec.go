@@ -28,8 +28,8 @@ func (s *Server) repoNames() []string {
 }
 
 // health is the spec's document; when the server cannot do all its work
-// (a status file it cannot write) status is "degraded" and problems says
-// why, still with 200: the server serves, and a probe that restarts it on
+// (a status file it cannot write, build jobs queued and no worker to run
+// them) status is "degraded" and problems says why, still with 200: the server serves, and a probe that restarts it on
 // failure would not fix a disk.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	doc := map[string]any{
@@ -37,7 +37,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		"cache_running": s.cfg.CacheRunning(),
 		"repositories":  s.repoNames(),
 	}
-	if problems := s.orch.Problems(); len(problems) > 0 {
+	problems := append(s.orch.Problems(), s.queueProblems(r.Context())...)
+	if len(problems) > 0 {
 		doc["status"] = "degraded"
 		doc["problems"] = problems
 	}

@@ -60,6 +60,9 @@ type BuildServerConfig struct {
 	DB *db.DB
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
+	// NoLocalBuilder runs no in-process worker: build jobs wait for
+	// workers the test starts.
+	NoLocalBuilder bool
 	// Logger receives the orchestrator's and the API's log; default the
 	// test's log, warnings and up.
 	Logger *slog.Logger
@@ -130,6 +133,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		Nix:              nix,
 		DB:               database,
 		Logger:           logger,
+		NoLocalBuilder:   cfg.NoLocalBuilder,
 	})
 	if err != nil {
 		t.Fatal(err)
