@@ -40,7 +40,9 @@ func TestCancelKillsGroup(t *testing.T) {
 		t.Fatal("child never started")
 	}
 	cancel()
-	cmd.Wait()
+	if err := cmd.Wait(); err == nil {
+		t.Error("the cancelled command exited successfully; want it killed")
+	}
 	for range 500 {
 		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
 			return
