@@ -52,8 +52,7 @@ func (c *cacheFlags) open(ctx context.Context, log *slog.Logger, keys []*signing
 	}
 	srv, err := cache.New(cache.Config{Store: store, Keys: keys, Priority: c.priority, Compression: c.compression, SmallNarCacheBytes: narMem, Logger: log})
 	if err != nil {
-		store.Close()
-		return nil, nil, err
+		return nil, nil, errors.Join(err, store.Close())
 	}
 	return srv, store, nil
 }
@@ -98,7 +97,7 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer closeLogged(log, "nix store database", store)
 	if pprofLn != nil {
 		go func() {
 			if err := serve(ctx, log, "pprof", pprofLn, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {

@@ -80,7 +80,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
-	defer database.Close()
+	defer closeLogged(log, "database", database)
 
 	var nixEnv []string
 	if cfg.NixPath != "" {
@@ -132,7 +132,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeLogged(log, "nix store database", st)
 	fleetSvc := fleet.New(fleet.Config{
 		DB:           database,
 		Store:        st,
