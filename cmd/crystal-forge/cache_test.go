@@ -38,6 +38,11 @@ func TestCacheStartupErrors(t *testing.T) {
 	// The server case binds its ports before it reads the key: free ones.
 	t.Setenv("BUILD_SERVER_API_PORT", freePort(t))
 	t.Setenv("BUILD_SERVER_CACHE_PORT", freePort(t))
+	emptyTokens := filepath.Join(dir, "empty-tokens")
+	if err := os.WriteFile(emptyTokens, []byte("# nobody yet\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	storage := "dir://" + filepath.Join(dir, "storage")
 	tests := []struct {
 		name     string
 		args     []string
@@ -58,6 +63,16 @@ func TestCacheStartupErrors(t *testing.T) {
 		// does not exist).
 		{"port in use", []string{"cache", "--key-file", valid, "--listen", busy, "--nix-db", filepath.Join(dir, "no-db.sqlite")}, 1,
 			[]string{"listen on " + busy, "already in use", "set --listen to a free port"}},
+		{"no local store, no storage", []string{"cache", "--key-file", valid, "--no-local-store"}, 1,
+			[]string{"--no-local-store needs --storage"}},
+		{"tokens without storage", []string{"cache", "--key-file", valid, "--upload-token-file", emptyTokens}, 1,
+			[]string{"--upload-token-file needs --storage"}},
+		{"no tokens in the token file", []string{"cache", "--key-file", valid, "--no-local-store", "--storage", storage, "--upload-token-file", emptyTokens}, 1,
+			[]string{emptyTokens, "no tokens"}},
+		{"unknown storage", []string{"cache", "--key-file", valid, "--storage", "ftp://host/x"}, 1,
+			[]string{"unknown scheme", "dir:///path"}},
+		{"unknown signature policy", []string{"cache", "--key-file", valid, "--no-local-store", "--storage", storage, "--upload-token-file", valid, "--signature-policy", "maybe"}, 1,
+			[]string{"unknown signature policy"}},
 		{"unknown flag", []string{"cache", "--no-such-flag"}, 2,
 			[]string{"flag provided but not defined: -no-such-flag"}},
 		{"bad flag value", []string{"cache", "--priority", "high"}, 2,

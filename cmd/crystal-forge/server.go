@@ -19,6 +19,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/demo"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/hostname"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
@@ -112,6 +113,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories:     cfg.Repositories,
 		MaxParallel:      cfg.MaxParallelBuilds,
 		Timeout:          cfg.BuildTimeout.Duration,
+		GitTimeout:       cfg.GitTimeout.Duration,
 		PollInterval:     cfg.PollInterval.Duration,
 		System:           cfg.System,
 		HomeManagerFlake: cfg.HomeManagerFlake,
@@ -128,6 +130,19 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 
+	if cf.noLocalStore {
+		return fmt.Errorf("--no-local-store is for `crystal-forge cache`: the server serves what it builds from its local store")
+	}
+	// The cache's storage: flags first, then the configuration file.
+	if cf.storage == "" {
+		cf.storage = cfg.Storage
+	}
+	if cf.storage == "" {
+		cf.storage = "dir://" + filepath.Join(cfg.DataDir, "cache")
+	}
+	if cf.uploadTokenFile == "" {
+		cf.uploadTokenFile = cfg.UploadTokenFile
+	}
 	cacheSrv, st, err := cf.open(ctx, log, []*signing.SecretKey{key.Key})
 	if err != nil {
 		return err
@@ -141,19 +156,13 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories: orch.Repositories(),
 		Logger:       log,
 	})
-	for _, h := range cfg.Hosts {
-		policy := h.Policy
-		if policy == "" {
-			policy = db.PolicyManual
-		}
-		if err := database.UpsertHost(ctx, &db.Host{Name: h.Name, PublicKey: h.PublicKey, Policy: policy, Target: h.Target, Repository: h.Repository, Configuration: h.Configuration}); err != nil {
-			return err
-		}
+	if err := fleetSvc.ConfigureHosts(ctx, cfg.Hosts); err != nil {
+		return err
 	}
 
 	var cacheUp atomic.Bool
 	apiSrv := api.New(api.Config{
-		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()},
+		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, CacheURL: publicURL(ctx, cfg), PublicKey: key.Key.Public().String()},
 		Orchestrator:  orch,
 		Fleet:         fleetSvc,
 		EnableWebUI:   cfg.EnableWebUI,
@@ -184,4 +193,13 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	stopBuilds()
 	orch.Wait()
 	return err
+}
+
+// publicURL is the cache's URL as clients reach it: public_url, or this
+// host's FQDN (the key name, the hostname setting, need not resolve).
+func publicURL(ctx context.Context, cfg *config.Config) string {
+	if cfg.PublicURL != "" {
+		return cfg.PublicURL
+	}
+	return "http://" + net.JoinHostPort(hostname.FQDN(ctx), strconv.Itoa(cfg.CachePort))
 }

@@ -305,3 +305,49 @@ func TestServerKillAndRestart(t *testing.T) {
 		t.Errorf("exit code after SIGTERM = %d, want 0\nstderr:\n%s", code, srv.Stderr())
 	}
 }
+
+// TestServerCrashStopsBuilders kills only the server process with SIGKILL
+// (no cleanup can run) in the middle of a build and checks that the nix
+// command it started and nix's builder end on their own, and that a build
+// of the same package after a restart runs and finishes instead of waiting
+// on a lock the orphans hold.
+func TestServerCrashStopsBuilders(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	const name = "crashy"
+	blocker := testsupport.NewBlocker(t, "slow")
+	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
+		System:   config.DefaultSystem(),
+		Nonce:    testsupport.Nonce(),
+		Packages: []testsupport.FlakePackage{blocker.Package()},
+	}.Nix()})
+	srv := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
+	})
+	builder := blocker.WaitStarted(t, srv, trigger(t, srv, name))
+	nixPID, err := testsupport.ProcessParent(builder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nixCmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", nixPID))
+	if !strings.HasPrefix(string(nixCmd), "nix\x00") {
+		t.Fatalf("parent of the builder (pid %d) is %q, want the server's nix build", nixPID, nixCmd)
+	}
+	t.Logf("builder %d under nix %d; kill -9 of the server (pid %d) alone", builder, nixPID, srv.Cmd.Process.Pid)
+	srv.Crash(t)
+	testsupport.WaitUntil(t, "the server's nix build to end", func() bool { return !testsupport.ProcessAlive(nixPID) })
+	testsupport.WaitUntil(t, "nix's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
+
+	srv = testsupport.StartServerWithConfig(t, srv.Config)
+	os.Remove(blocker.PIDFile())
+	blocker.WaitStarted(t, srv, trigger(t, srv, name))
+	blocker.Release(t)
+	var st buildStatus
+	testsupport.WaitUntil(t, "the build after the restart to finish", func() bool {
+		srv.GetJSON(t, "/build/status/"+name, &st)
+		return !st.IsRunning
+	})
+	if str(st.LastStatus) != "success" {
+		t.Errorf("build after the restart: %s, want success\nlog:\n%s", str(st.LastStatus), strings.Join(logLines(t, srv, name), "\n"))
+	}
+}

@@ -49,6 +49,7 @@ func TestWebPageLiveBuild(t *testing.T) {
 		Hostname  string `json:"hostname"`
 		APIPort   int    `json:"api_port"`
 		CachePort int    `json:"cache_port"`
+		CacheURL  string `json:"cache_url"`
 		PublicKey string `json:"public_key"`
 	}
 	srv.GetJSON(t, "/info", &info)
@@ -112,6 +113,9 @@ func TestWebPageLiveBuild(t *testing.T) {
 		t.Errorf("public key on the page = %q (%v), want /info's %q", key, err, info.PublicKey)
 	}
 	do("find the copy button", chromedp.WaitVisible(chromedp.ID("copy-key")))
+	if got, want := text("#nix-conf"), "extra-substituters = "+info.CacheURL+"\nextra-trusted-public-keys = "+info.PublicKey; got != want {
+		t.Errorf("nix.conf snippet on the page = %q, want %q", got, want)
+	}
 	waitJS("the live connection", `document.querySelector("#live-text").textContent === "live"`)
 	if got := text(card + " span.status"); got != "idle" {
 		t.Errorf("status before any build = %q, want idle", got)

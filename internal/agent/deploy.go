@@ -289,7 +289,8 @@ func (d *Deployer) run(ctx context.Context, log *slog.Logger, name string, args 
 	log = log.With("cmd", filepath.Base(name))
 	log.Info("running", "argv", strings.Join(append([]string{name}, args...), " "))
 	out := newOutputLog(log)
-	err := command.New(ctx, command.Cmd{Stdout: out, Stderr: out}, name, args...).Run()
+	// A crash of the agent must not stop a switch or profile update half-way.
+	err := command.New(ctx, command.Cmd{Stdout: out, Stderr: out, OutliveParent: true}, name, args...).Run()
 	out.Flush()
 	if err != nil {
 		return fmt.Errorf("%s: %w: %s", filepath.Base(name), err, out.Tail())

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -28,7 +29,18 @@ type Info struct {
 	Hostname  string
 	APIPort   int
 	CachePort int
+	// CacheURL is the cache's URL as clients reach it; empty means
+	// http://<Hostname>:<CachePort>.
+	CacheURL  string
 	PublicKey string
+}
+
+// cacheURL is Info.CacheURL or its default.
+func (i Info) cacheURL() string {
+	if i.CacheURL != "" {
+		return i.CacheURL
+	}
+	return "http://" + net.JoinHostPort(i.Hostname, strconv.Itoa(i.CachePort))
 }
 
 // Config configures the API.

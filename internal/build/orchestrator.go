@@ -16,6 +16,7 @@ import (
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/git"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 )
 
@@ -31,6 +32,7 @@ type Config struct {
 	Repositories     []config.Repository
 	MaxParallel      int
 	Timeout          time.Duration // 0: none
+	GitTimeout       time.Duration // git clone/fetch/ls-remote silent this long fails; 0: never
 	PollInterval     time.Duration // 0: no polling
 	System           string
 	HomeManagerFlake string
@@ -44,6 +46,7 @@ type Orchestrator struct {
 	cfg   Config
 	db    *db.DB
 	nix   *nixcli.Nix
+	git   git.Client
 	log   *slog.Logger
 	repos map[string]config.Repository
 	order []string
@@ -59,8 +62,14 @@ type Orchestrator struct {
 	statusMu  sync.Mutex
 	statuses  map[string]Status
 	statusGen map[string]uint64
-	wg        sync.WaitGroup
-	ctx       context.Context // ends at shutdown
+
+	// fileErrs holds the status files whose last write failed, by
+	// repository, until a write succeeds.
+	fileMu   sync.Mutex
+	fileErrs map[string]error
+
+	wg  sync.WaitGroup
+	ctx context.Context // ends at shutdown
 }
 
 // run is the in-memory side of an active build.
@@ -86,6 +95,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		cfg:       cfg,
 		db:        cfg.DB,
 		nix:       cfg.Nix,
+		git:       git.Client{IdleTimeout: cfg.GitTimeout},
 		log:       cfg.Logger,
 		repos:     make(map[string]config.Repository),
 		slots:     make(chan struct{}, cfg.MaxParallel),
@@ -93,6 +103,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		running:   make(map[int64]*run),
 		statuses:  make(map[string]Status),
 		statusGen: make(map[string]uint64),
+		fileErrs:  make(map[string]error),
 	}
 	for _, r := range cfg.Repositories {
 		o.repos[r.Name] = r
@@ -127,6 +138,11 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	}
 	if err := o.recover(ctx); err != nil {
 		return err
+	}
+	// Bring every status file up to date, whatever a previous process
+	// failed to write.
+	for _, name := range o.order {
+		o.writeStatusFile(ctx, name)
 	}
 	if o.cfg.PollInterval > 0 {
 		o.wg.Go(func() { o.poll(ctx) })

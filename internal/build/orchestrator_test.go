@@ -291,6 +291,29 @@ func TestUnreachableRepository(t *testing.T) {
 	}
 }
 
+// TestSilentRemote: a remote that accepts the connection and never answers
+// fails the sync phase after git_timeout, not the build timeout, and says
+// so in the build's error and log.
+func TestSilentRemote(t *testing.T) {
+	t.Parallel()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("silent", "git://"+ts.SilentRemote(t)+"/repo.git")},
+		Timeout:      time.Hour,
+		GitTimeout:   time.Second,
+	})
+	id := s.Trigger(t, "silent")
+	b := s.WaitFinished(t, id)
+	log := s.Log(t, id)
+	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "git_timeout") {
+		t.Errorf("build = %+v, want failed naming git_timeout; log:\n%s", b.Build, log)
+	}
+	ts.RequireLogInOrder(t, log, "Starting build for silent", "Cloning repository...")
+	if !strings.Contains(log, "Error: failed to clone") || !strings.Contains(log, "nothing for 1s (git_timeout)") {
+		t.Errorf("the log does not say why the clone failed:\n%s", log)
+	}
+	requireFailedStatus(t, s, "silent", "")
+}
+
 // TestTimeout: a build running past the timeout is stopped and failed.
 func TestTimeout(t *testing.T) {
 	t.Parallel()
@@ -543,5 +566,88 @@ func TestParallelLimit(t *testing.T) {
 	first, third := s.Build(t, ids[in[0]]), s.Build(t, ids[waiting])
 	if third.StartedAt.Before(*first.FinishedAt) {
 		t.Errorf("build of %s started at %s, before the build of %s ended at %s", waiting, third.StartedAt, in[0], first.FinishedAt)
+	}
+}
+
+// health is GET /health.
+type health struct {
+	Status   string   `json:"status"`
+	Problems []string `json:"problems"`
+}
+
+// TestStatusFileCatchesUp: a status file that cannot be written (the
+// status directory replaced by a regular file, which stops root too) is
+// reported by /health and written again at the next transition once the
+// disk is fixed, and at the next start.
+func TestStatusFileCatchesUp(t *testing.T) {
+	t.Parallel()
+	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)}})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	statusDir := filepath.Join(s.DataDir, "status")
+	file := filepath.Join(statusDir, "app.json")
+	breakDisk := func() {
+		t.Helper()
+		if err := os.RemoveAll(statusDir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(statusDir, []byte("not a directory\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fixDisk := func() {
+		t.Helper()
+		if err := os.Remove(statusDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthOf := func(s *ts.BuildServer) health {
+		var h health
+		s.JSON(t, "GET", "/health", http.StatusOK, &h)
+		return h
+	}
+	// fileMatches reports whether the status file says what the API says.
+	fileMatches := func(s *ts.BuildServer) bool {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return false
+		}
+		var got build.Status
+		return json.Unmarshal(b, &got) == nil && reflect.DeepEqual(got, s.SpecStatus(t, "app"))
+	}
+
+	breakDisk()
+	first := s.WaitFinished(t, s.Trigger(t, "app"))
+	ts.WaitUntil(t, "/health to report the stale status file", func() bool { return healthOf(s).Status == "degraded" })
+	if h := healthOf(s); len(h.Problems) != 1 || !strings.Contains(h.Problems[0], "status/app.json") || !strings.Contains(h.Problems[0], "not a directory") {
+		t.Errorf("/health problems = %q, want one naming status/app.json and the error", h.Problems)
+	}
+
+	// Fixed: the next transition writes the file, /health is healthy.
+	fixDisk()
+	second := s.WaitFinished(t, s.Trigger(t, "app"))
+	if first.Status != db.StatusSuccess || second.Status != db.StatusSuccess {
+		t.Fatalf("builds = %s, %s, want success", first.Status, second.Status)
+	}
+	ts.WaitUntil(t, "the status file to catch up", func() bool { return fileMatches(s) && healthOf(s).Status == "healthy" })
+	if h := healthOf(s); h.Problems != nil {
+		t.Errorf("/health problems after the fix = %q", h.Problems)
+	}
+
+	// Broken again, fixed while no build runs: the next start catches up.
+	breakDisk()
+	s.WaitFinished(t, s.Trigger(t, "app"))
+	ts.WaitUntil(t, "/health to report the stale status file", func() bool { return healthOf(s).Status == "degraded" })
+	fixDisk()
+	restarted := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("app", src)},
+		DataDir:      s.DataDir,
+		DB:           s.DB,
+	})
+	if !fileMatches(restarted) {
+		b, err := os.ReadFile(file)
+		t.Errorf("status file after a start = %s (%v), want %+v", b, err, restarted.SpecStatus(t, "app"))
+	}
+	if h := healthOf(restarted); h.Status != "healthy" {
+		t.Errorf("/health after a start = %+v, want healthy", h)
 	}
 }

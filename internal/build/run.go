@@ -123,7 +123,7 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 	}
 	if _, err := os.Stat(repoDir); errors.Is(err, os.ErrNotExist) {
 		lg.Line("Cloning repository...")
-		if err := git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
+		if err := o.git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
 			lg.Line("Error: failed to clone %s (branch %s): %v", repo.URL, repo.Branch, err)
 			if rerr := os.RemoveAll(repoDir); rerr != nil {
 				lg.Line("Error: remove incomplete clone: %v", rerr)
@@ -132,7 +132,7 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 		}
 	} else {
 		lg.Line("Updating repository...")
-		if err := git.Update(ctx, repoDir, repo.Branch, lg); err != nil {
+		if err := o.git.Update(ctx, repoDir, repo.Branch, repo.URL, lg); err != nil {
 			lg.Line("Error: failed to update from %s (branch %s): %v", repo.URL, repo.Branch, err)
 			return fmt.Errorf("update %s: %w", repo.URL, err)
 		}

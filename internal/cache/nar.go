@@ -38,6 +38,16 @@ func parseNarFile(file string) (stem, comp string, ok bool) {
 // serveNar answers /nar/<narhash>.nar?hash=<storehash> (the URL our
 // narinfos name, as Harmonia's do) and /nar/<storehash>.nar[.xz|.zst].
 func (s *Server) serveNar(w http.ResponseWriter, r *http.Request, file string) {
+	// Uploaded NARs are named by their file hash (52 characters), local
+	// ones by the store path's hash (32) or carry ?hash=.
+	if s.backend != nil && r.URL.RawQuery == "" {
+		localName := len(file) > 32 && strings.HasPrefix(file[32:], ".nar")
+		if comp, ok := uploadedNarFile(file); ok && (s.store == nil || !localName) {
+			if s.serveBackendNar(w, r, file, comp) {
+				return
+			}
+		}
+	}
 	stem, comp, ok := parseNarFile(file)
 	if !ok {
 		notFound(w)

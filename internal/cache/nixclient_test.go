@@ -75,6 +75,12 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 		testsupport.CloseAtCleanup(t, store)
 		cfg.Store = store
 	}
+	return serveCache(t, cfg, acceptEncoding)
+}
+
+// serveCache serves cfg as it is (with no Store: the backend alone).
+func serveCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
@@ -1228,5 +1229,53 @@ func TestNoFleetAPI(t *testing.T) {
 		if code, _ := s.Do(t, r.method, r.path, nil, nil); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
 			t.Errorf("%s %s without a fleet = %d", r.method, r.path, code)
 		}
+	}
+}
+
+// TestConfigureHosts: the configuration file's hosts are applied approved;
+// a key another host already has, or a target outside the store, is
+// refused with an error naming the file's key, not a database constraint.
+func TestConfigureHosts(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	a, b := newAgent(t, "alpha"), newAgent(t, "beta")
+	target := systemPath(t, "alpha")
+	if err := e.svc.ConfigureHosts(ctx, []config.Host{{Name: "alpha", PublicKey: a.pub(), Policy: "pinned", Target: target}}); err != nil {
+		t.Fatal(err)
+	}
+	if h := e.host("alpha"); h.Status != db.HostApproved || h.Policy != db.PolicyPinned || h.Target != target || h.PublicKey != a.pub() {
+		t.Errorf("configured host = %+v, want approved, pinned to %s", h, target)
+	}
+
+	// beta enrols itself with its key; then the file names that key for
+	// another host.
+	e.beat(b, e.heartbeat(b, systemPath(t, "beta")))
+	for _, tt := range []struct {
+		name string
+		host config.Host
+		want []string
+	}{
+		{"key of another host", config.Host{Name: "gamma", PublicKey: b.pub()},
+			[]string{"config: hosts[1].public_key", `host "beta" (pending)`, `name this entry "beta"`}},
+		{"target in another store", config.Host{Name: "gamma", PublicKey: newAgent(t, "gamma").pub(), Policy: "pinned", Target: "/other/store/" + strings.TrimPrefix(target, "/nix/store/")},
+			[]string{"config: hosts[1] (gamma)", "target must be a store path like /nix/store/"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := e.svc.ConfigureHosts(ctx, []config.Host{{Name: "alpha", PublicKey: a.pub()}, tt.host})
+			if err == nil {
+				t.Fatal("ConfigureHosts accepted it")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "UNIQUE") || strings.Contains(err.Error(), "invalid request") {
+				t.Errorf("error %q speaks database or HTTP, not configuration", err)
+			}
+		})
+	}
+	if h := e.host("beta"); h.Status != db.HostPending || h.PublicKey != b.pub() {
+		t.Errorf("beta after the refused configuration = %+v, want untouched", h)
 	}
 }

@@ -274,6 +274,9 @@ func (b *body) Read(p []byte) (int, error) {
 			return 0, b.fail(err)
 		}
 	}
+	// A body may take longer than IdleTimeout in all (a big upload): the
+	// deadline moves with each read, so only a stalled client is cut off.
+	b.c.extendReadDeadline()
 	n, err := b.r.Read(p)
 	if errors.Is(err, io.EOF) {
 		if b.r == &b.limited && b.limited.N > 0 {

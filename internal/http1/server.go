@@ -48,7 +48,8 @@ const (
 type Server struct {
 	Handler http.Handler
 	// IdleTimeout is how long a connection may take, after its previous
-	// response, to deliver the next request's line and headers in full.
+	// response, to deliver the next request's line and headers in full,
+	// and how long a request body may go without delivering a byte.
 	IdleTimeout time.Duration
 	// WriteTimeout is how long a write to the client may make no progress
 	// before the connection is dropped (not a limit on a whole response).

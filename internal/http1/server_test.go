@@ -1718,9 +1718,15 @@ func TestServeErrors(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
+	bodyErrs := make(chan error, 1)
 	ts := startServer(t, &Server{
 		IdleTimeout: 200 * time.Millisecond,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut {
+				_, err := io.Copy(io.Discard, r.Body)
+				bodyErrs <- err
+				return
+			}
 			io.WriteString(w, "ok")
 		}),
 	})
@@ -1744,6 +1750,17 @@ func TestIdleTimeout(t *testing.T) {
 	t.Run("partial headers", func(t *testing.T) {
 		c := dialRaw(t, ts.addr)
 		c.write("GET / HTTP/1.1\r\nHost: t\r\n")
+		c.expectClosed()
+	})
+
+	t.Run("stalled body", func(t *testing.T) {
+		c := dialRaw(t, ts.addr)
+		c.write("PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nhalf")
+		if err := <-bodyErrs; err == nil {
+			t.Fatal("the handler read a stalled body without error")
+		}
+		// The body is unusable: the connection ends after the response.
+		c.read("PUT")
 		c.expectClosed()
 	})
 
@@ -1789,6 +1806,11 @@ func TestShortTimeoutsMoveOn(t *testing.T) {
 				writeInPieces(w, pattern(16<<20), 64<<10)
 				return
 			}
+			if r.URL.Path == "/count" {
+				n, _ := io.Copy(io.Discard, r.Body)
+				fmt.Fprint(w, n)
+				return
+			}
 			io.WriteString(w, "ok")
 		}),
 	})
@@ -1801,6 +1823,26 @@ func TestShortTimeoutsMoveOn(t *testing.T) {
 				t.Fatalf("request %d: %q", i, body)
 			}
 			time.Sleep(timeout / 10)
+		}
+	})
+
+	t.Run("body", func(t *testing.T) {
+		// An upload that takes longer than the timeout in all, but never
+		// pauses for long, is read to its end.
+		c := dialRaw(t, ts.addr)
+		const pieces, size = 40, 1024
+		c.write(fmt.Sprintf("PUT /count HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", pieces*size))
+		for range pieces {
+			c.write(strings.Repeat("x", size))
+			time.Sleep(timeout / 20)
+		}
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if want := strconv.Itoa(pieces * size); string(body) != want {
+			t.Fatalf("handler read %q bytes, want %s", body, want)
 		}
 	})
 

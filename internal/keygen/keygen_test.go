@@ -2,6 +2,7 @@ package keygen
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -91,13 +92,13 @@ func TestExistingKeyModeLeftAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(file, []byte(k.String()), 0o640); err != nil {
+	if err := os.WriteFile(file, []byte(k.String()), 0o400); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Ensure(Options{KeyFile: file, Name: "x", Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := os.Stat(file); st.Mode().Perm() != 0o640 {
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o400 {
 		t.Errorf("existing key's mode changed to %o", st.Mode().Perm())
 	}
 }
@@ -126,6 +127,64 @@ func TestConcurrentFirstRuns(t *testing.T) {
 	b, _ := os.ReadFile(file)
 	if k, err := signing.ParseSecretKey(string(b)); err != nil || k.Public().String() != pubs[0] {
 		t.Errorf("file holds another key than the one returned: %v", err)
+	}
+}
+
+// TestKeyReadableByOthers: a key that group or others can read (or write)
+// is refused with a message saying how to fix it, through a symlink too,
+// and is left as it was.
+func TestKeyReadableByOthers(t *testing.T) {
+	k, _ := signing.Generate("x", nil)
+	for _, tt := range []struct {
+		mode    os.FileMode
+		symlink bool
+		wantErr bool
+	}{
+		{0o600, false, false},
+		{0o400, false, false},
+		{0o600, true, false},
+		{0o640, false, true},
+		{0o604, false, true},
+		{0o620, false, true},
+		{0o644, false, true},
+		{0o777, false, true},
+		{0o644, true, true},
+	} {
+		t.Run(fmt.Sprintf("%04o symlink=%v", tt.mode, tt.symlink), func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, "cache-key")
+			if err := os.WriteFile(file, []byte(k.String()+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(file, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			use := file
+			if tt.symlink {
+				use = filepath.Join(dir, "link")
+				if err := os.Symlink(file, use); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := Ensure(Options{KeyFile: use, Name: "x", Logger: quiet()})
+			if !tt.wantErr {
+				if err != nil || res.Key.String() != k.String() {
+					t.Fatalf("Ensure = %v, want the existing key", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Ensure accepted the key")
+			}
+			for _, want := range []string{use, fmt.Sprintf("mode %04o", tt.mode), "chmod 600 " + use} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if st, _ := os.Stat(file); st.Mode().Perm() != tt.mode {
+				t.Errorf("mode changed to %04o", st.Mode().Perm())
+			}
+		})
 	}
 }
 

@@ -45,6 +45,7 @@ type BuildServerConfig struct {
 	Repositories     []config.Repository
 	MaxParallel      int
 	Timeout          time.Duration
+	GitTimeout       time.Duration
 	PollInterval     time.Duration
 	HomeManagerFlake string // default: a value that cannot be fetched
 	NixPath          string // NIX_PATH of builds
@@ -122,6 +123,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		Repositories:     cfg.Repositories,
 		MaxParallel:      cfg.MaxParallel,
 		Timeout:          cfg.Timeout,
+		GitTimeout:       cfg.GitTimeout,
 		PollInterval:     cfg.PollInterval,
 		System:           config.DefaultSystem(),
 		HomeManagerFlake: cfg.HomeManagerFlake,

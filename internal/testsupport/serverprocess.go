@@ -474,6 +474,35 @@ func (s *Server) Kill(t testing.TB) {
 	}
 }
 
+// Crash kills only the server process with SIGKILL, as `kill -9 <pid>` or
+// the OOM killer would, and waits for it to exit: what it started is left
+// to whatever the server arranged for that.
+func (s *Server) Crash(t testing.TB) {
+	t.Helper()
+	if !s.Running() {
+		return
+	}
+	if err := syscall.Kill(s.Cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Errorf("crash: kill -9 %d: %v", s.Cmd.Process.Pid, err)
+	}
+	if _, err := s.Wait(30 * time.Second); err != nil {
+		t.Errorf("crash: %v", err)
+	}
+}
+
+// ProcessParent returns the parent pid of a live process, from /proc.
+func ProcessParent(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	ppid, ok := procParent(string(b))
+	if !ok {
+		return 0, fmt.Errorf("cannot parse /proc/%d/stat: %q", pid, b)
+	}
+	return ppid, nil
+}
+
 // procDescendants returns the processes below pid, from /proc.
 func procDescendants(pid int) []int {
 	entries, err := os.ReadDir("/proc")

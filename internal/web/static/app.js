@@ -150,6 +150,16 @@ $("#cancel-build").addEventListener("click", async () => {
   await fetch(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
 });
 
+// Snippet buttons copy the text of the element their data-copy names.
+for (const button of document.querySelectorAll("button[data-copy]")) {
+  button.addEventListener("click", async () => {
+    const text = document.querySelector(button.dataset.copy).textContent;
+    try { await navigator.clipboard.writeText(text); } catch { /* the text stays selectable */ }
+    button.textContent = "Copied";
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  });
+}
+
 $("#copy-key").addEventListener("click", async () => {
   const input = $("#public-key");
   input.select();
