@@ -339,7 +339,9 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	testsupport.WaitUntil(t, "nix's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
 
 	srv = testsupport.StartServerWithConfig(t, srv.Config)
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	blocker.WaitStarted(t, srv, trigger(t, srv, name))
 	blocker.Release(t)
 	var st buildStatus

@@ -157,7 +157,8 @@ func (s *S3) Get(ctx context.Context, key string, offset, length int64) (io.Read
 	// minio sends the request lazily; Stat sends it, so a missing object is
 	// reported here rather than on the first Read.
 	if _, err := obj.Stat(); err != nil {
-		obj.Close()
+		// The object was never read: closing it loses nothing.
+		_ = obj.Close()
 		if isNotFound(err) {
 			return nil, ErrNotFound
 		}
