@@ -270,7 +270,7 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 		return http.StatusBadRequest, fmt.Errorf("URL %q: want nar/<file>.nar[.xz|.zst|.bz2]", ni.URL)
 	}
 	if comp != ni.Compression {
-		return http.StatusBadRequest, fmt.Errorf("Compression %q does not match the NAR file %s", ni.Compression, file)
+		return http.StatusBadRequest, fmt.Errorf("narinfo Compression %q does not match the NAR file %s", ni.Compression, file)
 	}
 	// The signature policy first: it needs no I/O.
 	if s.uploads.cfg.Policy == PolicyRequireTrusted && !s.trusted(ni) {

@@ -93,7 +93,7 @@ func s3Credentials(getenv func(string) string) (*credentials.Credentials, error)
 	if file != "" {
 		if _, err := os.Stat(file); err == nil {
 			c := credentials.NewFileAWSCredentials(file, profile)
-			if v, err := c.Get(); err != nil || v.AccessKeyID == "" {
+			if v, err := c.GetWithContext(nil); err != nil || v.AccessKeyID == "" {
 				return nil, fmt.Errorf("S3 credentials file %s has no usable profile %q: %v", file, profile, err)
 			}
 			return c, nil
