@@ -266,9 +266,11 @@ func (s *Server) CreateDatabase(t testing.TB) string {
 	return s.DSN(name)
 }
 
-// Stop stops the server: SIGTERM to its process group (the postmaster
-// shuts down, its backends end their sessions), SIGKILL after stopGrace,
-// then removes its directory. It is safe to call more than once.
+// Stop stops the server: SIGTERM to its process group (the postmaster's
+// smart shutdown, which waits for open sessions: the tests' databases are
+// dropped WITH (FORCE), which ends theirs), SIGKILL after stopGrace (its
+// backends exit when they notice), then removes its directory. It is safe
+// to call more than once.
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
 		s.stopped.Store(true)
@@ -289,7 +291,9 @@ func (s *Server) Stop() error {
 				}
 				<-s.done
 			}
-			// Backends the postmaster left, if any, go with the group.
+			// What else of the group is left (nothing, normally). The
+			// backends are not in it (PostgreSQL gives each child a
+			// session of its own): they end when the postmaster does.
 			_ = syscall.Kill(pgid, syscall.SIGKILL)
 		}
 		if err := os.RemoveAll(s.dir); err != nil {
