@@ -115,7 +115,9 @@ fi
 printf 'server up in %.1fs (pid %d, %d hosts registered from the config)\n' "$(awk -v a="$START" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')" "$PID" "$HOSTS"
 grep VmRSS "/proc/$PID/status" | sed 's/^/idle server /'
 
-echo "== load on $DB: $(nproc) cores shared by the server, the load generator (and PostgreSQL)"
+sharing="the server and the load generator"
+[ "$DB" = sqlite ] || sharing="the server, the load generator and PostgreSQL (counted as other processes)"
+echo "== load on $DB: $(nproc) cores shared by $sharing"
 SQLITE="$WORK/data/crystal-forge.db"
 LOADDB=()
 [ "$DB" = postgres ] || LOADDB=(--db "$SQLITE")
