@@ -33,6 +33,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	configFile := fs.String("config", "", "TOML configuration file (see docs/configuration.md)")
 	dataDir := fs.String("data-dir", "", "override data_dir (and BUILD_SERVER_DATA_DIR)")
 	keyFile := fs.String("key-file", "", "override key_file")
+	dbFlag := fs.String("db", "", "override database: a SQLite file, sqlite:///path or postgres://… (docs/scaling.md)")
 	withDemo := fs.Bool("demo", false, "create and register a small local demo flake repository")
 	var cf cacheFlags
 	cf.register(fs)
@@ -48,6 +49,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	}
 	if *keyFile != "" {
 		cfg.KeyFile = *keyFile
+	}
+	if *dbFlag != "" {
+		cfg.Database = *dbFlag
 	}
 	// Bind before creating anything: a port in use stops the server
 	// before a data directory or signing key is made for nothing.
@@ -82,6 +86,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return fmt.Errorf("open database: %w", err)
 	}
 	defer closeLogged(log, "database", database)
+	log.Info("database open", "engine", database.Dialect())
 
 	var nixEnv []string
 	if cfg.NixPath != "" {

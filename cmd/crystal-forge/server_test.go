@@ -16,11 +16,12 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := pgtest.Main(m)
 	if err := testsupport.RemoveCrystalForgeBinary(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		code = max(code, 1)

@@ -1,8 +1,9 @@
 package build_test
 
 // Integration tests of the orchestrator: git repositories created by the
-// test, real nix builds, SQLite in a temporary data directory, observed
-// through the API and the files the orchestrator writes.
+// test, real nix builds, SQLite in a temporary data directory (and, for
+// some, PostgreSQL: eachDB), observed through the API and the files the
+// orchestrator writes.
 
 import (
 	"context"
@@ -21,7 +22,21 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachDB runs f as a subtest on SQLite and on PostgreSQL; dsn returns a
+// database of the subtest's engine (SQLite: in dataDir).
+func eachDB(t *testing.T, f func(t *testing.T, dsn func(dataDir string) string)) {
+	t.Run("sqlite", func(t *testing.T) {
+		f(t, func(dataDir string) string { return filepath.Join(dataDir, "crystal-forge.db") })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		f(t, func(string) string { return pgtest.NewDatabase(t) })
+	})
+}
 
 func flakeRepo(t *testing.T, f ts.Flake) string {
 	t.Helper()
@@ -192,12 +207,17 @@ func requireFailure(t *testing.T, r *db.Result, drvName, wantTail string) {
 // build and stay cached.
 func TestFailingCheck(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testFailingCheck)
+}
+
+func testFailingCheck(t *testing.T, dsn func(string) string) {
 	nonce := ts.Nonce()
 	src := flakeRepo(t, ts.Flake{Nonce: nonce,
 		Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)},
 		Checks:   []ts.FlakePackage{ts.GoodPackage("lint", 0), ts.FailingPackage("unit")},
 	})
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	dataDir := t.TempDir()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn(dataDir), Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
 	b := s.WaitFinished(t, s.Trigger(t, "app"))
 	log := s.Log(t, b.ID)
 	short := ts.ShortHead(t, src)
@@ -385,13 +405,18 @@ func TestPolling(t *testing.T) {
 // "interrupted" when the next server starts, and say so in their logs.
 func TestRecovery(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testRecovery)
+}
+
+func testRecovery(t *testing.T, newDSN func(string) string) {
 	dataDir := t.TempDir()
+	dsn := newDSN(dataDir)
 	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
 	ctx := t.Context()
 
 	// The server that dies: its database and orchestrator, a running build
 	// of app with a log, and a queued build of other.
-	database, err := db.Open(ctx, filepath.Join(dataDir, "crystal-forge.db"))
+	database, err := db.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +449,7 @@ func TestRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn, Repositories: repos})
 	interrupted := fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", running.ID)
 	b := s.Build(t, running.ID)
 	if b.Status != db.StatusFailed || b.Error != "interrupted" || b.FinishedAt == nil {

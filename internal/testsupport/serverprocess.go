@@ -142,6 +142,8 @@ type ServerOptions struct {
 	ExtraTOML string
 	// Env is added to the server's environment ("KEY=value").
 	Env []string
+	// Args are added to `crystal-forge server --config FILE`.
+	Args []string
 }
 
 // ServerConfig is a written configuration file and what it says.
@@ -299,7 +301,7 @@ func startServer(t testing.TB, c *ServerConfig) (*Server, error) {
 	}
 	defer stderr.Close()
 
-	cmd := exec.Command(bin, "server", "--config", c.File)
+	cmd := exec.Command(bin, append([]string{"server", "--config", c.File}, c.opts.Args...)...)
 	cmd.Env = append(serverEnv(os.Environ()),
 		"NIX_CONFIG="+nixConfig,
 		"NIX_PATH=",
