@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -8,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -131,6 +135,19 @@ url = %q
 			len(p.Roots) != 1 || p.Roots[0] != good || p.Error != "" {
 			t.Errorf("push to %s: %+v", p.Destination, p)
 		}
+	}
+
+	// The page shows the pushes under the build.
+	br := testsupport.NewBrowser(t)
+	ctx, cancel := context.WithTimeout(br.Ctx, 90*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/builds/%d", srv.URL, id)),
+		chromedp.WaitVisible(chromedp.CSS(`#pushes tr[data-destination="bucket"]`))); err != nil {
+		t.Fatalf("open the build's page: %v", err)
+	}
+	rows, err := chromedp.Run(ctx, chromedp.Evaluate[*string](`[...document.querySelectorAll("#pushes tr")].map((r) => r.dataset.destination + "=" + r.querySelector(".push-state").textContent).join(",")`))
+	if err != nil || rows == nil || *rows != "central=succeeded,bucket=succeeded" {
+		t.Errorf("pushes on the page: %v (%v), want central=succeeded,bucket=succeeded", rows, err)
 	}
 
 	// Back from the second cache, trusting only the server's key.
