@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -63,5 +64,42 @@ func TestPushJobs(t *testing.T) {
 	}
 	if _, err := d.Push(ctx, 999); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Push(999) = %v", err)
+	}
+}
+
+func TestCacheRoots(t *testing.T) {
+	d := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	result := func(repo, attr, status string, outs ...string) {
+		t.Helper()
+		b, _, err := d.CreateBuild(ctx, repo, "api", "/logs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rid, _ := d.StartResult(ctx, b.ID, attr, "package", now)
+		if err := d.FinishResult(ctx, rid, status, "", outs, "", now); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.FinishBuild(ctx, b.ID, StatusSuccess, "", now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	result("r", "hello", ResultSuccess, "/nix/store/old-hello")
+	result("r", "hello", ResultSuccess, "/nix/store/new-hello", "/nix/store/new-hello-doc")
+	result("r", "hello", ResultFailed)
+	result("r", "other", ResultSuccess, "/nix/store/other")
+	result("s", "hello", ResultSuccess, "/nix/store/s-hello")
+	if err := d.CreateHost(ctx, &Host{Name: "h", PublicKey: "h:AAAA", Status: HostApproved, Policy: PolicyPinned, Target: "/nix/store/pinned"}); err != nil {
+		t.Fatal(err)
+	}
+	roots, err := d.CacheRoots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(roots)
+	want := []string{"/nix/store/new-hello", "/nix/store/new-hello-doc", "/nix/store/other", "/nix/store/pinned", "/nix/store/s-hello"}
+	if !slices.Equal(roots, want) {
+		t.Errorf("CacheRoots = %v, want %v", roots, want)
 	}
 }
