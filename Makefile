@@ -39,6 +39,7 @@ test: deps vet
 bench: build
 	./scripts/install-deps.sh bench
 	./bench/cache.sh
+	./bench/storage.sh
 	./bench/api.sh
 
 clean:
