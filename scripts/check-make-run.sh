@@ -59,12 +59,14 @@ if not rs:
 for r in rs:
     if r["status"] != "success":
         sys.exit("check-make-run: %s ended %s" % (r["attr"], r["status"]))
-    if not r.get("out_paths"):
+    # The flake check builds nothing of its own; every other attribute must
+    # have built something that exists.
+    if r["kind"] != "check" and not r.get("out_paths"):
         sys.exit("check-make-run: %s has no output path" % r["attr"])
     for p in r["out_paths"]:
         if not os.path.exists(p):
             sys.exit("check-make-run: %s: output %s does not exist" % (r["attr"], p))
-print("check-make-run: %d packages built: %s" % (len(rs), ", ".join(r["attr"] for r in rs)))
+print("check-make-run: %d attributes succeeded: %s" % (len(rs), ", ".join(r["attr"] for r in rs)))
 ' || fail "the demo build's results are not all good"
 
 log=$(curl -fsS "$api/api/v1/builds/$id/log")

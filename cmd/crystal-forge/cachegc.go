@@ -97,8 +97,11 @@ func serverRoots(ctx context.Context, dsn string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the server's database: %w", err)
 	}
-	defer d.Close()
-	return d.CacheRoots(ctx)
+	roots, err := d.CacheRoots(ctx)
+	if cerr := d.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close the server's database: %w", cerr)
+	}
+	return roots, err
 }
 
 func runCachePin(ctx context.Context, args []string, stdout, stderr io.Writer) error {

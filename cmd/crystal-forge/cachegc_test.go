@@ -50,7 +50,9 @@ func TestCacheGCCommand(t *testing.T) {
 	if err := d.FinishResult(t.Context(), rid, db.ResultSuccess, "", []string{built}, "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	d.Close()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	cf := func(wantCode int, args ...string) string {
 		t.Helper()

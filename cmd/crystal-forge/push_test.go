@@ -41,8 +41,10 @@ func startCacheProcess(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		if err := cmd.Process.Kill(); err != nil {
+			t.Errorf("stop the cache process: %v", err)
+		}
+		_ = cmd.Wait() // "signal: killed", as asked
 		if t.Failed() {
 			t.Logf("crystal-forge cache:\n%s", stderr.String())
 		}

@@ -82,7 +82,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
-	defer database.Close()
+	defer closeLogged(log, "database", database)
 
 	var nixEnv []string
 	if cfg.NixPath != "" {
@@ -126,7 +126,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeLogged(log, "nix store database", st)
 	// Pushes of every build's outputs (docs/caches.md), resumed from a
 	// previous run before any new build can queue one.
 	var pusher *push.Service

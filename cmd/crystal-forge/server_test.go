@@ -21,7 +21,10 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testsupport.RemoveCrystalForgeBinary()
+	if err := testsupport.RemoveCrystalForgeBinary(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = max(code, 1)
+	}
 	os.Exit(code)
 }
 
@@ -272,7 +275,9 @@ func TestServerKillAndRestart(t *testing.T) {
 	}
 
 	// Building works again.
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	second := trigger(t, srv, name)
 	if second == first {
 		t.Fatalf("new build has the id %d of the interrupted one", second)
@@ -334,7 +339,9 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	testsupport.WaitUntil(t, "nix's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
 
 	srv = testsupport.StartServerWithConfig(t, srv.Config)
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	blocker.WaitStarted(t, srv, trigger(t, srv, name))
 	blocker.Release(t)
 	var st buildStatus

@@ -420,7 +420,9 @@ func TestRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	database.Close()
+	if err := database.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
 	interrupted := fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", running.ID)

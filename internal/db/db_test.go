@@ -15,7 +15,11 @@ func openTest(t *testing.T) *DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("close database: %v", err)
+		}
+	})
 	return d
 }
 
@@ -26,7 +30,9 @@ func TestMigrateTwice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d.Close()
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -48,12 +54,16 @@ func TestBuildLifecycle(t *testing.T) {
 	if err := d.StartBuild(ctx, b.ID, now); err != nil {
 		t.Fatal(err)
 	}
-	d.SetCommit(ctx, b.ID, "0123456789abcdef", "0123456")
+	if err := d.SetCommit(ctx, b.ID, "0123456789abcdef", "0123456"); err != nil {
+		t.Fatal(err)
+	}
 	rid, err := d.StartResult(ctx, b.ID, "hello", "package", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.FinishResult(ctx, rid, ResultSuccess, "/nix/store/x.drv", []string{"/nix/store/a", "/nix/store/b"}, "", now)
+	if err := d.FinishResult(ctx, rid, ResultSuccess, "/nix/store/x.drv", []string{"/nix/store/a", "/nix/store/b"}, "", now); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.FinishBuild(ctx, b.ID, StatusSuccess, "", now); err != nil {
 		t.Fatal(err)
 	}
@@ -84,12 +94,27 @@ func TestBuildLifecycle(t *testing.T) {
 func TestInterruptActive(t *testing.T) {
 	d := openTest(t)
 	ctx := context.Background()
-	running, _, _ := d.CreateBuild(ctx, "a", "api", "/l/a")
-	d.StartBuild(ctx, running.ID, time.Now())
-	rid, _ := d.StartResult(ctx, running.ID, "pkg", "package", time.Now())
-	queued, _, _ := d.CreateBuild(ctx, "b", "api", "/l/b")
-	done, _, _ := d.CreateBuild(ctx, "c", "api", "/l/c")
-	d.FinishBuild(ctx, done.ID, StatusSuccess, "", time.Now())
+	create := func(repo string) *Build {
+		t.Helper()
+		b, _, err := d.CreateBuild(ctx, repo, "api", "/l/"+repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	running := create("a")
+	if err := d.StartBuild(ctx, running.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := d.StartResult(ctx, running.ID, "pkg", "package", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := create("b")
+	done := create("c")
+	if err := d.FinishBuild(ctx, done.ID, StatusSuccess, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 
 	got, err := d.InterruptActive(ctx, time.Now())
 	if err != nil || len(got) != 2 || got[0].ID != running.ID || got[1].ID != queued.ID {

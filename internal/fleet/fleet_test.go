@@ -79,13 +79,13 @@ func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	ts.CloseAtCleanup(t, d)
 	closure, storeCfg := ts.StoreDBClosure(t)
 	st, err := nixstore.Open(ctx, storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	ts.CloseAtCleanup(t, st)
 	key, err := signing.Generate("cf-test-server", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -403,7 +404,11 @@ func (s *Service) uploadPath(ctx context.Context, t cacheTarget, info *nixstore.
 	if err != nil {
 		return 0, fmt.Errorf("temporary NAR file: %w", err)
 	}
-	defer os.Remove(f.Name())
+	defer func() {
+		if err := os.Remove(f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("remove a pushed NAR's temporary file", "file", f.Name(), "err", err)
+		}
+	}()
 	defer f.Close()
 	fileHash := sha256.New()
 	narHash := sha256.New()

@@ -62,12 +62,20 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	st, err := nixstore.Open(t.Context(), nixstore.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	b, _, err := d.CreateBuild(t.Context(), "repo", "test", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -257,12 +265,15 @@ func TestPushFailures(t *testing.T) {
 	}
 	// Nothing became visible in the cache that refused the token.
 	n := 0
-	cacheDir.List(t.Context(), "", func(i objstore.Info) error {
+	err = cacheDir.List(t.Context(), "", func(i objstore.Info) error {
 		if i.Key != "nix-cache-info" {
 			n++
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if n != 0 {
 		t.Errorf("%d objects stored by pushes that were refused", n)
 	}

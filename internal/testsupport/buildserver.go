@@ -112,7 +112,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { database.Close() })
+		CloseAtCleanup(t, database)
 	}
 	logger := cfg.Logger
 	if logger == nil {

@@ -99,16 +99,17 @@ func (s *S3Server) start(t testing.TB, bin, addr string) error {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	var waitErr error // read after done is closed
+	go func() { waitErr = cmd.Wait(); close(done) }()
 	kill := func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		signal(t, -cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
 		case <-done:
-			return fmt.Errorf("versitygw on %s exited before it was ready:\n%s", addr, out.String())
+			return fmt.Errorf("versitygw on %s exited before it was ready (%v):\n%s", addr, waitErr, out.String())
 		default:
 		}
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
