@@ -235,42 +235,30 @@ func Collect(ctx context.Context, s objstore.Store, opts Options) (Report, error
 // readNarinfos reads every narinfo's references and NAR. A narinfo that
 // cannot be parsed is kept (never deleted on a guess).
 func readNarinfos(ctx context.Context, s objstore.Store, narinfos map[string]*entry, parallel int) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
+	entries := make([]*entry, 0, len(narinfos))
 	for _, e := range narinfos {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			b, err := objstore.ReadAll(ctx, s, e.info.Key)
-			if errors.Is(err, objstore.ErrNotFound) {
-				e.keep = false // deleted meanwhile: nothing to do
-				return
-			}
-			if err != nil {
-				cancel(err)
-				return
-			}
-			ni, err := narinfo.Parse(string(b))
-			if err != nil {
-				e.recent = true // unparsable: kept
-				return
-			}
-			e.nar = ni.URL
-			for _, r := range ni.References {
-				e.refs = append(e.refs, hashPart(r))
-			}
-		})
+		entries = append(entries, e)
 	}
-	wg.Wait()
-	return context.Cause(ctx)
+	return forEach(ctx, parallel, entries, func(ctx context.Context, e *entry) error {
+		b, err := objstore.ReadAll(ctx, s, e.info.Key)
+		if errors.Is(err, objstore.ErrNotFound) {
+			e.keep = false // deleted meanwhile: nothing to do
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ni, err := narinfo.Parse(string(b))
+		if err != nil {
+			e.recent = true // unparsable: kept
+			return nil
+		}
+		e.nar = ni.URL
+		for _, r := range ni.References {
+			e.refs = append(e.refs, hashPart(r))
+		}
+		return nil
+	})
 }
 
 func deleteAll(ctx context.Context, s objstore.Store, objs []objstore.Info, opts Options) error {
@@ -282,12 +270,28 @@ func deleteAll(ctx context.Context, s objstore.Store, objs []objstore.Info, opts
 		}
 		return nil
 	}
+	var mu sync.Mutex
+	return forEach(ctx, opts.Parallel, objs, func(ctx context.Context, i objstore.Info) error {
+		if err := s.Delete(ctx, i.Key); err != nil {
+			return err
+		}
+		if opts.Deleted != nil {
+			mu.Lock()
+			opts.Deleted(i)
+			mu.Unlock()
+		}
+		return nil
+	})
+}
+
+// forEach runs fn on every item, at most parallel at once, and stops at the
+// first error, which it returns.
+func forEach[T any](ctx context.Context, parallel int, items []T, fn func(context.Context, T) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var mu sync.Mutex
-	sem := make(chan struct{}, opts.Parallel)
+	sem := make(chan struct{}, max(parallel, 1))
 	var wg sync.WaitGroup
-	for _, i := range objs {
+	for _, it := range items {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -297,14 +301,8 @@ func deleteAll(ctx context.Context, s objstore.Store, objs []objstore.Info, opts
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := s.Delete(ctx, i.Key); err != nil {
+			if err := fn(ctx, it); err != nil {
 				cancel(err)
-				return
-			}
-			if opts.Deleted != nil {
-				mu.Lock()
-				opts.Deleted(i)
-				mu.Unlock()
 			}
 		})
 	}

@@ -79,28 +79,8 @@ func build(t *testing.T, s objstore.Store) *fixture {
 	return f
 }
 
-func backends() map[string]func(t *testing.T) objstore.Store {
-	return map[string]func(t *testing.T) objstore.Store{
-		"dir": func(t *testing.T) objstore.Store {
-			s, err := objstore.OpenDir(filepath.Join(t.TempDir(), "cache"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-		"s3": func(t *testing.T) objstore.Store {
-			srv := testsupport.StartS3(t)
-			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
 func TestCollect(t *testing.T) {
-	for name, open := range backends() {
+	for name, open := range testsupport.StorageBackends() {
 		t.Run(name, func(t *testing.T) {
 			s := open(t)
 			f := build(t, s)
