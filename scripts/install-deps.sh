@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the programs the tests and benchmarks drive for real: Nix (the
-# client and builder), git, xz, Chromium, the Versity S3 Gateway (an S3
+# client and builder), git, xz, Chromium, PostgreSQL, the Versity S3 Gateway (an S3
 # server, built from the Go module proxy into $(go env GOPATH)/bin); for
 # benchmarks wrk, nginx, hyperfine. Only what is
 # missing is installed; apt-get runs only when something is. Then makes Nix
@@ -16,6 +16,11 @@ need xz xz-utils
 need sqlite3 sqlite3
 need curl curl
 need chromium chromium
+# PostgreSQL's programs are not on PATH on Debian: the tests look in
+# /usr/lib/postgresql/<version>/bin (15 on bookworm).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+	want+=(postgresql-15)
+fi
 if [ "${1:-}" = bench ]; then
 	need wrk wrk
 	need nginx nginx-light
@@ -28,6 +33,10 @@ if [ ${#want[@]} -gt 0 ]; then
 	[ "$(id -u)" -eq 0 ] || sudo=sudo
 	export DEBIAN_FRONTEND=noninteractive
 	$sudo apt-get update -qq
+	# Releases after bookworm ship another major version of PostgreSQL.
+	if [[ " ${want[*]} " == *" postgresql-15 "* ]] && ! apt-cache show postgresql-15 >/dev/null 2>&1; then
+		want=("${want[@]/postgresql-15/postgresql}")
+	fi
 	$sudo apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
 fi
 

@@ -97,7 +97,11 @@ func TestAgentOnce(t *testing.T) {
 			return
 		}
 		var hb fleetproto.Heartbeat
-		json.Unmarshal(body, &hb)
+		if err := json.Unmarshal(body, &hb); err != nil {
+			t.Errorf("heartbeat body: %v", err)
+			http.Error(w, `{"detail":"malformed heartbeat"}`, http.StatusBadRequest)
+			return
+		}
 		mu.Lock()
 		beats = append(beats, hb)
 		mu.Unlock()

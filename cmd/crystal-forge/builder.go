@@ -85,7 +85,7 @@ func runBuilder(ctx context.Context, args []string, stderr io.Writer, log *slog.
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
-	defer database.Close()
+	defer closeLogged(log, "database", database)
 	nix, err := nixcli.Detect(kill, nil)
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
 
 // runningOn returns the worker running build id's job for attr, or "".
@@ -46,19 +47,16 @@ func triggerProcess(t *testing.T, s *testsupport.Server, repo string) int64 {
 }
 
 // builderDatabases are the databases the builders' end-to-end test runs
-// on, each giving the server's extra arguments and the DSN builders use.
-// "sqlite" is the server's own file (builders on the server's machine).
-// With the PostgreSQL test harness (branch pg), add
-//
-//	"postgres": func(t *testing.T) ([]string, func(*testsupport.Server) string) {
-//		dsn := pgtest.NewDatabase(t)
-//		return []string{"--db", dsn}, func(*testsupport.Server) string { return dsn }
-//	},
-//
-// (run so in a merge of both branches: it passes).
+// on, each giving the server's extra arguments and the DSN builders use:
+// the server's own SQLite file (builders on the server's machine), and a
+// PostgreSQL database (builders anywhere).
 var builderDatabases = map[string]func(t *testing.T) (serverArgs []string, dsn func(*testsupport.Server) string){
 	"sqlite": func(t *testing.T) ([]string, func(*testsupport.Server) string) {
 		return nil, func(s *testsupport.Server) string { return filepath.Join(s.Config.DataDir, "crystal-forge.db") }
+	},
+	"postgres": func(t *testing.T) ([]string, func(*testsupport.Server) string) {
+		dsn := pgtest.NewDatabase(t)
+		return []string{"--db", dsn}, func(*testsupport.Server) string { return dsn }
 	},
 }
 
@@ -161,7 +159,11 @@ func testBuildersEndToEnd(t *testing.T, serverArgs []string, dsnOf func(*testsup
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer database.Close()
+	defer func() {
+		if err := database.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
 	jobs, err := database.BuildJobs(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)

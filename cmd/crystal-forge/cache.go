@@ -82,7 +82,7 @@ func (c *cacheFlags) open(ctx context.Context, log *slog.Logger, keys []*signing
 	}
 	if err != nil {
 		if store != nil {
-			store.Close()
+			err = errors.Join(err, store.Close())
 		}
 		return nil, nil, err
 	}
@@ -172,7 +172,7 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		return err
 	}
 	if store != nil {
-		defer store.Close()
+		defer closeLogged(log, "nix store database", store)
 	}
 	if pprofLn != nil {
 		go func() {

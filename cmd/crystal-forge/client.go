@@ -141,7 +141,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, status, commit, id, attrs, started, finished)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	if len(pos) > 0 && shown < len(pos) {
 		return fmt.Errorf("repository not found: %v", pos)
 	}

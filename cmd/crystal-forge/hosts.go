@@ -122,8 +122,7 @@ func runHostShow(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	printHost(stdout, h)
-	return nil
+	return printHost(stdout, h)
 }
 
 func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -206,8 +205,9 @@ func checkPinned(p fleet.Policy, stderr io.Writer) error {
 	return nil
 }
 
-// printHost writes `host show`.
-func printHost(w io.Writer, h *fleet.HostView) {
+// printHost writes `host show`. Its error is a tabwriter's: the table is
+// written out at Flush.
+func printHost(w io.Writer, h *fleet.HostView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := h.Status
 	if h.LastSeen != nil {
@@ -249,7 +249,9 @@ func printHost(w io.Writer, h *fleet.HostView) {
 	fmt.Fprintf(tw, "Last seen:\t%s\n", seen)
 	fmt.Fprintf(tw, "Fingerprint:\t%s\n", orDash(h.Fingerprint))
 	fmt.Fprintf(tw, "Registered:\t%s\n", fmtLocal(h.CreatedAt))
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 
 	section := func(title string, n int) bool {
 		fmt.Fprintf(w, "\n%s:\n", title)
@@ -270,7 +272,9 @@ func printHost(w io.Writer, h *fleet.HostView) {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", fmtLocal(d.ReportedAt), d.Status, fmtDurationMS(d.DurationMS),
 				shortStorePath(d.Target), shortStorePath(d.Previous), orDash(d.Error))
 		}
-		tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	if section("Events", len(h.Events)) {
 		for _, e := range h.Events {
@@ -283,13 +287,16 @@ func printHost(w io.Writer, h *fleet.HostView) {
 		for _, b := range h.Heartbeats {
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", fmtLocal(b.FirstAt), fmtLocal(b.LastAt), b.Count, shortStorePath(b.Current), orDash(b.Fingerprint))
 		}
-		tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	if section("Audit", len(h.Audit)) {
 		for _, a := range h.Audit {
 			fmt.Fprintf(w, "  %s  %s %s: %s (from %s)\n", fmtLocal(a.At), a.Actor, a.Action, a.Detail, a.Remote)
 		}
 	}
+	return nil
 }
 
 // shortStorePath shows a store path as its name and the start of its hash:

@@ -90,13 +90,13 @@ func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB, testsupport.
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	testsupport.CloseAtCleanup(t, d)
 	c, storeCfg := testsupport.StoreDBClosure(t)
 	st, err := nixstore.Open(t.Context(), storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	testsupport.CloseAtCleanup(t, st)
 	key, err := signing.Generate("cf-test", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -16,12 +16,16 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testsupport.RemoveCrystalForgeBinary()
+	code := pgtest.Main(m)
+	if err := testsupport.RemoveCrystalForgeBinary(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = max(code, 1)
+	}
 	os.Exit(code)
 }
 
@@ -205,6 +209,22 @@ func trigger(t *testing.T, srv *testsupport.Server, repo string) int64 {
 	return r.BuildID
 }
 
+// startBlockedServer starts a real server with one repository, name, whose
+// only package, "slow", blocks until the test releases it.
+func startBlockedServer(t *testing.T, name string) (blocker *testsupport.Blocker, srv *testsupport.Server, repoDir string) {
+	t.Helper()
+	blocker = testsupport.NewBlocker(t, "slow")
+	repoDir = testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
+		System:   config.DefaultSystem(),
+		Nonce:    testsupport.Nonce(),
+		Packages: []testsupport.FlakePackage{blocker.Package()},
+	}.Nix()})
+	srv = testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
+	})
+	return blocker, srv, repoDir
+}
+
 // TestServerKillAndRestart kills a real server with SIGKILL (and every
 // process it started) in the middle of a build, starts a new one on the
 // same data directory, and checks that the build is resumed, not failed:
@@ -214,15 +234,7 @@ func TestServerKillAndRestart(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
 	const name = "blocky"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	blocker, srv, repoDir := startBlockedServer(t, name)
 
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -246,7 +258,9 @@ func TestServerKillAndRestart(t *testing.T) {
 	if testsupport.ProcessAlive(builder) {
 		t.Errorf("the nix builder (pid %d) survived the kill of the server's process tree", builder)
 	}
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 
 	srv = testsupport.StartServerWithConfig(t, srv.Config)
 	t.Logf("server restarted")
@@ -311,15 +325,7 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
 	const name = "crashy"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	blocker, srv, _ := startBlockedServer(t, name)
 	id := trigger(t, srv, name)
 	builder := blocker.WaitStarted(t, srv, id)
 	nixPID, err := testsupport.ProcessParent(builder)
@@ -335,7 +341,9 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	testsupport.WaitUntil(t, "the server's nix build to end", func() bool { return !testsupport.ProcessAlive(nixPID) })
 	testsupport.WaitUntil(t, "nix's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
 
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	srv = testsupport.StartServerWithConfig(t, srv.Config)
 	// The build resumes: its job runs again, not waiting on a lock the
 	// orphans hold.

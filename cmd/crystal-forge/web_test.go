@@ -231,15 +231,7 @@ func TestWebPageServerRestart(t *testing.T) {
 	requireGit(t)
 	testsupport.RequireChromium(t)
 	const name = "restartrepo"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	blocker, srv, _ := startBlockedServer(t, name)
 
 	b := testsupport.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 90*time.Second)
@@ -274,7 +266,9 @@ func TestWebPageServerRestart(t *testing.T) {
 		t.Fatalf("builds = %+v, want one", builds)
 	}
 	srv.Kill(t)
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	srv = testsupport.StartServerWithConfig(t, srv.Config) // same ports: the open page reconnects
 	blocker.WaitStarted(t, srv, builds[0].ID)
 	blocker.Release(t)

@@ -128,7 +128,7 @@ func startCache(t *testing.T) (url, publicKey string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { store.Close() })
+	testsupport.CloseAtCleanup(t, store)
 	key := newCacheKey(t)
 	srv, err := cache.New(cache.Config{Store: store, Keys: []*signing.SecretKey{key}, Logger: testLogger(t)})
 	if err != nil {
@@ -407,17 +407,27 @@ func TestDeployRefusedWithoutWayBack(t *testing.T) {
 		breakf func(t *testing.T)
 		want   []string
 	}{
-		{"no current system", func(t *testing.T) { os.Remove(cfg.CurrentSystem) },
+		{"no current system", func(t *testing.T) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+		},
 			[]string{"current system " + cfg.CurrentSystem + " does not exist", "--current-system", DefaultCurrentSystem}},
 		{"current system not a link", func(t *testing.T) {
-			os.Remove(cfg.CurrentSystem)
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
 			if err := os.Mkdir(cfg.CurrentSystem, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}, []string{cfg.CurrentSystem + " is not a symlink", "--current-system"}},
 		{"running system has no switch script", func(t *testing.T) { setCurrent(t, cfg.CurrentSystem, sys.notSystem) },
 			[]string{"the running system " + sys.notSystem, "no executable bin/switch-to-configuration"}},
-		{"no profile", func(t *testing.T) { os.Remove(cfg.Profile) },
+		{"no profile", func(t *testing.T) {
+			if err := os.Remove(cfg.Profile); err != nil {
+				t.Fatal(err)
+			}
+		},
 			[]string{"system profile " + cfg.Profile + " does not exist", "--profile", DefaultProfile}},
 		{"profile not a generation", func(t *testing.T) { setCurrent(t, cfg.Profile, sys.base) },
 			[]string{"system profile " + cfg.Profile + " points at", "not a generation", "--profile"}},
@@ -425,7 +435,7 @@ func TestDeployRefusedWithoutWayBack(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Cleanup(func() {
-				os.Remove(cfg.CurrentSystem)
+				// setCurrent removes what the case left in place.
 				setCurrent(t, cfg.CurrentSystem, sys.base)
 				setCurrent(t, cfg.Profile, filepath.Base(cfg.Profile)+"-1-link")
 			})

@@ -101,7 +101,9 @@ func TestHeartbeatIsSignedAndDescribesHost(t *testing.T) {
 
 	// The next heartbeat has a new nonce; with no current system,
 	// current is empty.
-	os.Remove(cfg.CurrentSystem)
+	if err := os.Remove(cfg.CurrentSystem); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := a.HeartbeatOnce(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -500,10 +502,16 @@ func TestNewRefusesMissingLinks(t *testing.T) {
 		setup  func(t *testing.T, cfg Config)
 		want   []string // substrings of the error; none: New succeeds
 	}{
-		{"no current system", true, func(t *testing.T, cfg Config) { os.Remove(cfg.CurrentSystem) },
+		{"no current system", true, func(t *testing.T, cfg Config) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+		},
 			[]string{"current system", "does not exist", "pass --current-system", "/run/current-system"}},
 		{"current system is a file", true, func(t *testing.T, cfg Config) {
-			os.Remove(cfg.CurrentSystem)
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
 			if err := os.WriteFile(cfg.CurrentSystem, nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -516,11 +524,15 @@ func TestNewRefusesMissingLinks(t *testing.T) {
 			}
 		}, []string{"is not a symlink", "pass --profile"}},
 		{"profile points at a store path", false, func(t *testing.T, cfg Config) {
-			os.MkdirAll(filepath.Dir(cfg.Profile), 0o755)
+			if err := os.MkdirAll(filepath.Dir(cfg.Profile), 0o755); err != nil {
+				t.Fatal(err)
+			}
 			setCurrent(t, cfg.Profile, systemA)
 		}, []string{"not a generation (system-<N>-link)", "pass --profile"}},
 		{"profile generation", false, func(t *testing.T, cfg Config) {
-			os.MkdirAll(filepath.Dir(cfg.Profile), 0o755)
+			if err := os.MkdirAll(filepath.Dir(cfg.Profile), 0o755); err != nil {
+				t.Fatal(err)
+			}
 			setCurrent(t, cfg.Profile, "system-7-link")
 		}, nil},
 		{"dry run needs no profile", true, func(t *testing.T, cfg Config) {}, nil},

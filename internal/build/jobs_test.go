@@ -96,8 +96,13 @@ func TestEvaluationPerAttribute(t *testing.T) {
 // forced build builds it again.
 func TestFailedDerivationRemembered(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testFailedDerivationRemembered)
+}
+
+func testFailedDerivationRemembered(t *testing.T, dsn func(string) string) {
 	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.FailingPackage("bad"), ts.GoodPackage("good", 0)}})
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	dataDir := t.TempDir()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn(dataDir), Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
 
 	first := s.WaitFinished(t, s.Trigger(t, "app"))
 	bad := resultsByAttr(first.Results)["bad"]

@@ -39,7 +39,10 @@ type Config struct {
 	HomeManagerFlake string
 	Nix              *nixcli.Nix
 	DB               *db.DB
-	Logger           *slog.Logger
+	// Pusher, when set, pushes each build's outputs to the configured
+	// caches as the build ends.
+	Pusher Pusher
+	Logger *slog.Logger
 	// NoLocalBuilder turns off the in-process worker: the build jobs are
 	// then run by `crystal-forge builder` processes sharing the database.
 	NoLocalBuilder bool
@@ -48,6 +51,12 @@ type Config struct {
 	WorkerName string
 	// Version is recorded with the in-process worker.
 	Version string
+}
+
+// Pusher pushes store paths, with their closures, to the configured
+// destinations, recording one job per destination for the build.
+type Pusher interface {
+	Push(ctx context.Context, buildID int64, roots []string) ([]*db.PushJob, error)
 }
 
 // Orchestrator queues and runs builds.

@@ -1,8 +1,9 @@
 package build_test
 
 // Integration tests of the orchestrator: git repositories created by the
-// test, real nix builds, SQLite in a temporary data directory, observed
-// through the API and the files the orchestrator writes.
+// test, real nix builds, SQLite in a temporary data directory (and, for
+// some, PostgreSQL: eachDB), observed through the API and the files the
+// orchestrator writes.
 
 import (
 	"context"
@@ -20,7 +21,21 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachDB runs f as a subtest on SQLite and on PostgreSQL; dsn returns a
+// database of the subtest's engine (SQLite: in dataDir).
+func eachDB(t *testing.T, f func(t *testing.T, dsn func(dataDir string) string)) {
+	t.Run("sqlite", func(t *testing.T) {
+		f(t, func(dataDir string) string { return filepath.Join(dataDir, "crystal-forge.db") })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		f(t, func(string) string { return pgtest.NewDatabase(t) })
+	})
+}
 
 func flakeRepo(t *testing.T, f ts.Flake) string {
 	t.Helper()
@@ -193,12 +208,17 @@ func requireFailure(t *testing.T, r *db.Result, drvName, wantTail string) {
 // stay cached.
 func TestFailingCheck(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testFailingCheck)
+}
+
+func testFailingCheck(t *testing.T, dsn func(string) string) {
 	nonce := ts.Nonce()
 	src := flakeRepo(t, ts.Flake{Nonce: nonce,
 		Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)},
 		Checks:   []ts.FlakePackage{ts.GoodPackage("lint", 0), ts.FailingPackage("unit")},
 	})
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	dataDir := t.TempDir()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn(dataDir), Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
 	b := s.WaitFinished(t, s.Trigger(t, "app"))
 	log := s.Log(t, b.ID)
 	short := ts.ShortHead(t, src)
@@ -400,14 +420,19 @@ func TestPolling(t *testing.T) {
 // queued its jobs yet, continues its log; the queued one starts.
 func TestRecovery(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testRecovery)
+}
+
+func testRecovery(t *testing.T, newDSN func(string) string) {
 	dataDir := t.TempDir()
+	dsn := newDSN(dataDir)
 	nonce := ts.Nonce()
 	src := flakeRepo(t, ts.Flake{Nonce: nonce, Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
 	ctx := t.Context()
 
 	// The server that dies: its database and orchestrator, a running build
 	// of app with a log, and a queued build of other.
-	database, err := db.Open(ctx, filepath.Join(dataDir, "crystal-forge.db"))
+	database, err := db.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,9 +459,11 @@ func TestRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	database.Close()
+	if err := database.Close(); err != nil {
+		t.Fatal(err)
+	}
 
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn, Repositories: repos})
 	b := ts.WaitBuildSucceeded(t, s, running.ID)
 	if b.StartedAt == nil || !b.StartedAt.Equal(firstStart) {
 		t.Errorf("resumed build started at %v, want its first start %v", b.StartedAt, firstStart)

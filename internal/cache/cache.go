@@ -19,8 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
-	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/objstore"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 

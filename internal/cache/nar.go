@@ -135,7 +135,9 @@ func (s *Server) serveRawNar(w http.ResponseWriter, r *http.Request, e *pathEntr
 // aborts the connection so the client cannot take a short body for a whole one.
 func (s *Server) dump(w io.Writer, r *http.Request, e *pathEntry, off, length int64) {
 	if b := s.smallNar(e); b != nil {
-		w.Write(b[off : off+length])
+		if _, err := w.Write(b[off : off+length]); err != nil {
+			s.abort(r, e, err)
+		}
 		return
 	}
 	n, err := nar.DumpRange(w, e.real, off, length)
@@ -222,7 +224,9 @@ func (s *Server) streamXZ(w http.ResponseWriter, r *http.Request, e *pathEntry) 
 		s.abort(r, e, err)
 	}
 	_, derr := nar.Dump(in, e.real)
-	in.Close()
+	if cerr := in.Close(); derr == nil {
+		derr = cerr
+	}
 	if werr := cmd.Wait(); derr == nil {
 		derr = werr
 	}

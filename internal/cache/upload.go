@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"path"
@@ -104,18 +106,26 @@ func (u *uploads) take(file string) *pendingNar {
 
 // add records a verified NAR, replacing (and deleting) an earlier one of
 // the same name, and drops NARs whose narinfo never came.
-func (u *uploads) add(name string, p *pendingNar) {
+func (u *uploads) add(log *slog.Logger, name string, p *pendingNar) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if old := u.pending[name]; old != nil {
-		os.Remove(old.file)
+		removeStaged(log, old.file)
 	}
 	u.pending[name] = p
 	for k, q := range u.pending {
 		if time.Since(q.received) > pendingTTL {
-			os.Remove(q.file)
+			removeStaged(log, q.file)
 			delete(u.pending, k)
 		}
+	}
+}
+
+// removeStaged deletes a staging file no longer needed. A failure leaves
+// only litter in the staging directory, which the log reports.
+func removeStaged(log *slog.Logger, file string) {
+	if err := os.Remove(file); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("remove staged upload", "file", file, "err", err)
 	}
 }
 
@@ -173,7 +183,7 @@ func (s *Server) putNar(w http.ResponseWriter, r *http.Request, file string) {
 	defer func() {
 		f.Close()
 		if !keep {
-			os.Remove(f.Name())
+			removeStaged(s.log, f.Name())
 		}
 	}()
 	d, err := receiveNar(r.Context(), f, r.Body, compression, max)
@@ -197,7 +207,7 @@ func (s *Server) putNar(w http.ResponseWriter, r *http.Request, file string) {
 		return
 	}
 	keep = true
-	s.uploads.add(file, &pendingNar{file: f.Name(), digest: d, received: time.Now()})
+	s.uploads.add(s.log, file, &pendingNar{file: f.Name(), digest: d, received: time.Now()})
 	s.log.Debug("NAR received", "file", file, "uploader", who, "nar_size", d.narSize)
 	w.WriteHeader(http.StatusOK)
 }
@@ -260,7 +270,7 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 		return http.StatusBadRequest, fmt.Errorf("URL %q: want nar/<file>.nar[.xz|.zst|.bz2]", ni.URL)
 	}
 	if comp != ni.Compression {
-		return http.StatusBadRequest, fmt.Errorf("Compression %q does not match the NAR file %s", ni.Compression, file)
+		return http.StatusBadRequest, fmt.Errorf("narinfo Compression %q does not match the NAR file %s", ni.Compression, file)
 	}
 	// The signature policy first: it needs no I/O.
 	if s.uploads.cfg.Policy == PolicyRequireTrusted && !s.trusted(ni) {
@@ -286,7 +296,7 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 	p := s.uploads.take(file)
 	var d narDigest
 	if p != nil {
-		defer os.Remove(p.file)
+		defer removeStaged(s.log, p.file)
 		d = p.digest
 	} else {
 		// Nix skips uploading a NAR file that already exists (an identical
@@ -360,7 +370,7 @@ func (s *Server) digestStoredNar(ctx context.Context, file, comp string) (narDig
 	if err != nil {
 		return narDigest{}, fmt.Errorf("verify stored NAR: %w", err)
 	}
-	defer os.Remove(f.Name())
+	defer removeStaged(s.log, f.Name())
 	defer f.Close()
 	d, err := receiveNar(ctx, f, rc, comp, 1<<62)
 	if err != nil {

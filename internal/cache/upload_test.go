@@ -36,21 +36,6 @@ import (
 
 const uploadToken = "s3cr3t-upload-token"
 
-// uploadBackends opens a fresh backend of each kind.
-func uploadBackends() map[string]func(t *testing.T) objstore.Store {
-	return map[string]func(t *testing.T) objstore.Store{
-		"dir": func(t *testing.T) objstore.Store { return dirBackend(t) },
-		"s3": func(t *testing.T) objstore.Store {
-			srv := testsupport.StartS3(t)
-			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
 func dirBackend(t *testing.T) objstore.Store {
 	s, err := objstore.OpenDir(filepath.Join(t.TempDir(), "cache"))
 	if err != nil {
@@ -120,7 +105,12 @@ func bigPath(t *testing.T) string {
 		t.Fatal(err)
 	}
 	p := strings.TrimSpace(string(out))
-	t.Cleanup(func() { testsupport.NixCommand(context.Background(), "nix-store", "--delete", p) })
+	t.Cleanup(func() {
+		// Tidying the shared store only; a path still in use stays.
+		if _, err := testsupport.NixCommand(context.Background(), "nix-store", "--delete", p); err != nil {
+			t.Logf("delete %s: %v", p, err)
+		}
+	})
 	return p
 }
 
@@ -131,7 +121,7 @@ func TestNixCopyTo(t *testing.T) {
 	testsupport.RequireNix(t)
 	c := testsupport.BuildClosure(t)
 	big := bigPath(t)
-	for name, open := range uploadBackends() {
+	for name, open := range testsupport.StorageBackends() {
 		t.Run(name, func(t *testing.T) {
 			backend := open(t)
 			cfg, pub := uploadConfig(t, backend)
@@ -285,8 +275,12 @@ func TestUploadRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(conn, "PUT /%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", leafInfo.URL, uploadToken, len(leafNar))
-		conn.Write(leafNar[:len(leafNar)/2])
+		if _, err := fmt.Fprintf(conn, "PUT /%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", leafInfo.URL, uploadToken, len(leafNar)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(leafNar[:len(leafNar)/2]); err != nil {
+			t.Fatal(err)
+		}
 		conn.Close()
 		// Once the server has given up on it, the narinfo finds no NAR.
 		for {
@@ -353,8 +347,16 @@ func TestUploadKilled(t *testing.T) {
 		}
 		srv.ServeHTTP(w, r)
 	}), Logger: cfg.Logger}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := hs.Close(); err != nil {
+			t.Errorf("close the cache server: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http1.ErrServerClosed) {
+			t.Errorf("cache server: Serve returned %v", err)
+		}
+	})
 	url := "http://" + ln.Addr().String() + "?compression=none"
 
 	cmd := nixPush(t.Context(), t, url, netrc(t, uploadToken), big)
@@ -367,8 +369,12 @@ func TestUploadKilled(t *testing.T) {
 	case <-started:
 	case <-t.Context().Done():
 	}
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	cmd.Wait()
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("nix copy succeeded although it was killed")
+	}
 	close(killed)
 
 	// The server reads the cut-off body to its end and drops it; then a

@@ -183,7 +183,9 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 			if event == "end" {
 				return data, nil
 			}
-			fmt.Fprintln(w, data)
+			if _, err := fmt.Fprintln(w, data); err != nil {
+				return "", fmt.Errorf("follow build %d: write the log: %w", id, err)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -39,7 +39,9 @@ func TestCancelKillsGroup(t *testing.T) {
 		t.Fatal("child never started")
 	}
 	cancel()
-	<-done
+	if err := <-done; err == nil {
+		t.Error("the cancelled command exited successfully; want it killed")
+	}
 	for range 500 {
 		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
 			return

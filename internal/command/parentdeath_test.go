@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -42,7 +43,9 @@ trap 'echo winch >> %[1]s; exit 0' WINCH
 echo $$ > %[2]s
 sleep 300 &
 wait`, report, pidFile)
-	go New(context.Background(), Cmd{OutliveParent: outlive}, "sh", "-c", script).Run()
+	// This helper process is killed while the shell runs: Run never
+	// returns to anyone who could look at its error.
+	go func() { _ = New(context.Background(), Cmd{OutliveParent: outlive}, "sh", "-c", script).Run() }()
 	for {
 		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
 			break
@@ -91,7 +94,9 @@ func TestParentDeath(t *testing.T) {
 			}
 			buf := make([]byte, 6)
 			if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
-				helper.Process.Kill()
+				if kerr := helper.Process.Kill(); kerr != nil {
+					t.Errorf("kill the helper: %v", kerr)
+				}
 				t.Fatalf("helper did not get ready: %q, %v", buf, err)
 			}
 			b, err := os.ReadFile(pidFile)
@@ -104,13 +109,25 @@ func TestParentDeath(t *testing.T) {
 			}
 			// The shell leads its own process group (Setpgid): this also
 			// ends its sleep.
-			t.Cleanup(func() { syscall.Kill(-child, syscall.SIGKILL) })
+			t.Cleanup(func() {
+				// ESRCH: the shell is gone already, as the test wants.
+				if err := syscall.Kill(-child, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+					t.Errorf("kill the shell's group: %v", err)
+				}
+			})
 			if r, _ := os.ReadFile(report); len(r) > 0 {
 				t.Fatalf("the shell got %q while its parent was still running", r)
 			}
-			helper.Process.Kill()
-			helper.Wait()
-			syscall.Kill(child, syscall.SIGWINCH)
+			if err := helper.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if err := helper.Wait(); err == nil {
+				t.Fatal("the helper exited by itself; it should block until killed")
+			}
+			// ESRCH: the shell died with its parent; the report says how.
+			if err := syscall.Kill(child, syscall.SIGWINCH); err != nil && !errors.Is(err, syscall.ESRCH) {
+				t.Fatal(err)
+			}
 			var got string
 			for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 				r, _ := os.ReadFile(report)

@@ -116,30 +116,41 @@ func (d *DB) SyncRepository(ctx context.Context, name, url, branch string) error
 
 // CreateBuild queues a build, unless the repository already has an active
 // one: then it returns that build and created=false. The check and insert
-// are one transaction, so two triggers cannot both start a build.
+// are one transaction, and a unique index allows one active build per
+// repository, so two triggers cannot both start a build.
 func (d *DB) CreateBuild(ctx context.Context, repo, reason, logDir string) (b *Build, created bool, err error) {
 	err = d.tx(ctx, func(tx *sql.Tx) error {
-		existing, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND status IN ('queued', 'running') ORDER BY id DESC LIMIT 1`, repo))
-		if err == nil {
-			b = existing
+		// Twice at most: on PostgreSQL a concurrent trigger may insert
+		// between the check and the insert; the insert then does nothing
+		// and the next check (a new snapshot) finds that build.
+		for range 2 {
+			existing, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND status IN ('queued', 'running') ORDER BY id DESC LIMIT 1`, repo))
+			if err == nil {
+				b = existing
+				return nil
+			}
+			if !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			now := time.Now()
+			var id int64
+			err = tx.QueryRowContext(ctx, `INSERT INTO builds (repository, status, reason, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id`,
+				repo, StatusQueued, reason, millis(now)).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			logPath := fmt.Sprintf("%s/%d.log", strings.TrimSuffix(logDir, "/"), id)
+			if _, err := tx.ExecContext(ctx, `UPDATE builds SET log_path = $1 WHERE id = $2`, logPath, id); err != nil {
+				return err
+			}
+			b = &Build{ID: id, Repository: repo, Status: StatusQueued, Reason: reason, LogPath: logPath, CreatedAt: time.UnixMilli(millis(now)).UTC()}
+			created = true
 			return nil
 		}
-		if !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		now := time.Now()
-		var id int64
-		if err := tx.QueryRowContext(ctx, `INSERT INTO builds (repository, status, reason, created_at) VALUES ($1, $2, $3, $4) RETURNING id`,
-			repo, StatusQueued, reason, millis(now)).Scan(&id); err != nil {
-			return err
-		}
-		logPath := fmt.Sprintf("%s/%d.log", strings.TrimSuffix(logDir, "/"), id)
-		if _, err := tx.ExecContext(ctx, `UPDATE builds SET log_path = $1 WHERE id = $2`, logPath, id); err != nil {
-			return err
-		}
-		b = &Build{ID: id, Repository: repo, Status: StatusQueued, Reason: reason, LogPath: logPath, CreatedAt: time.UnixMilli(millis(now)).UTC()}
-		created = true
-		return nil
+		return errors.New("another build was created and finished meanwhile; trigger again")
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("create build for %s: %w", repo, err)

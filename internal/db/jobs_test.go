@@ -3,28 +3,12 @@ package db
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-// jobDBs runs f on a new database of each dialect the tests can start.
-// The queue's tests take a *DB so that they run unchanged on PostgreSQL
-// once the harness starts one (on the pg branch, forEachDB does this).
-func jobDBs(t *testing.T, f func(t *testing.T, d *DB)) {
-	t.Helper()
-	t.Run(string(SQLite), func(t *testing.T) {
-		d, err := Open(t.Context(), filepath.Join(t.TempDir(), "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		f(t, d)
-	})
-}
 
 // t0 is the tests' clock: leases are compared with times the test passes,
 // never with the wall clock.
@@ -55,7 +39,7 @@ func claim(t *testing.T, d *DB, worker string, systems []string, at time.Time) *
 	return j
 }
 
-func TestClaimJob(t *testing.T) { jobDBs(t, testClaimJob) }
+func TestClaimJob(t *testing.T) { forEachDB(t, testClaimJob) }
 
 func testClaimJob(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -89,7 +73,7 @@ func testClaimJob(t *testing.T, d *DB) {
 }
 
 // TestClaimConcurrent: workers claiming at once take every job exactly once.
-func TestClaimConcurrent(t *testing.T) { jobDBs(t, testClaimConcurrent) }
+func TestClaimConcurrent(t *testing.T) { forEachDB(t, testClaimConcurrent) }
 
 func testClaimConcurrent(t *testing.T, d *DB) {
 	const n, workers = 60, 6
@@ -138,7 +122,7 @@ func testClaimConcurrent(t *testing.T, d *DB) {
 // TestLeaseExpiry: a renewed lease keeps the job; an expired one sends it
 // back to the queue, its worker can neither renew nor finish it, another
 // worker takes it, and a job lost max_attempts times fails.
-func TestLeaseExpiry(t *testing.T) { jobDBs(t, testLeaseExpiry) }
+func TestLeaseExpiry(t *testing.T) { forEachDB(t, testLeaseExpiry) }
 
 func testLeaseExpiry(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -186,7 +170,7 @@ func testLeaseExpiry(t *testing.T, d *DB) {
 }
 
 // TestFinishJobOnce: of any number of finishes of one claim, one lands.
-func TestFinishJobOnce(t *testing.T) { jobDBs(t, testFinishJobOnce) }
+func TestFinishJobOnce(t *testing.T) { forEachDB(t, testFinishJobOnce) }
 
 func testFinishJobOnce(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -229,7 +213,7 @@ func testFinishJobOnce(t *testing.T, d *DB) {
 // TestJobResultsFollowTheLease: what a lost attempt recorded is dropped
 // when its job is queued again, the lost worker cannot record an outcome,
 // and the next attempt records the attribute once.
-func TestJobResultsFollowTheLease(t *testing.T) { jobDBs(t, testJobResultsFollowTheLease) }
+func TestJobResultsFollowTheLease(t *testing.T) { forEachDB(t, testJobResultsFollowTheLease) }
 
 func testJobResultsFollowTheLease(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -284,7 +268,7 @@ func testJobResultsFollowTheLease(t *testing.T, d *DB) {
 
 // TestCancelJobs: a build's queued and running jobs are cancelled; its
 // worker learns it at its next renewal; finished jobs keep their end.
-func TestCancelJobs(t *testing.T) { jobDBs(t, testCancelJobs) }
+func TestCancelJobs(t *testing.T) { forEachDB(t, testCancelJobs) }
 
 func testCancelJobs(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -322,7 +306,7 @@ func testCancelJobs(t *testing.T, d *DB) {
 
 // TestRequeueWorkerJobs: a worker restarting under its name hands back
 // the jobs it held at once, without spending an attempt.
-func TestRequeueWorkerJobs(t *testing.T) { jobDBs(t, testRequeueWorkerJobs) }
+func TestRequeueWorkerJobs(t *testing.T) { forEachDB(t, testRequeueWorkerJobs) }
 
 func testRequeueWorkerJobs(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -350,7 +334,7 @@ func testRequeueWorkerJobs(t *testing.T, d *DB) {
 
 // TestEnqueueJobsFrom: a job queues its build's next jobs only while its
 // worker holds it.
-func TestEnqueueJobsFrom(t *testing.T) { jobDBs(t, testEnqueueJobsFrom) }
+func TestEnqueueJobsFrom(t *testing.T) { forEachDB(t, testEnqueueJobsFrom) }
 
 func testEnqueueJobsFrom(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -385,7 +369,7 @@ func testEnqueueJobsFrom(t *testing.T, d *DB) {
 	}
 }
 
-func TestActiveBuilds(t *testing.T) { jobDBs(t, testActiveBuilds) }
+func TestActiveBuilds(t *testing.T) { forEachDB(t, testActiveBuilds) }
 
 func testActiveBuilds(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -404,7 +388,7 @@ func testActiveBuilds(t *testing.T, d *DB) {
 	}
 }
 
-func TestRepositoryByName(t *testing.T) { jobDBs(t, testRepositoryByName) }
+func TestRepositoryByName(t *testing.T) { forEachDB(t, testRepositoryByName) }
 
 func testRepositoryByName(t *testing.T, d *DB) {
 	if _, _, err := d.RepositoryByName(t.Context(), "r"); !errors.Is(err, ErrNotFound) {
@@ -418,7 +402,7 @@ func testRepositoryByName(t *testing.T, d *DB) {
 	}
 }
 
-func TestWorkers(t *testing.T) { jobDBs(t, testWorkers) }
+func TestWorkers(t *testing.T) { forEachDB(t, testWorkers) }
 
 func testWorkers(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -454,7 +438,7 @@ func testWorkers(t *testing.T, d *DB) {
 	}
 }
 
-func TestDerivationMemo(t *testing.T) { jobDBs(t, testDerivationMemo) }
+func TestDerivationMemo(t *testing.T) { forEachDB(t, testDerivationMemo) }
 
 func testDerivationMemo(t *testing.T, d *DB) {
 	ctx := t.Context()
@@ -479,7 +463,7 @@ func testDerivationMemo(t *testing.T, d *DB) {
 	}
 }
 
-func TestJobLogs(t *testing.T) { jobDBs(t, testJobLogs) }
+func TestJobLogs(t *testing.T) { forEachDB(t, testJobLogs) }
 
 func testJobLogs(t *testing.T, d *DB) {
 	ctx := t.Context()

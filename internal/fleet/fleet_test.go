@@ -1,7 +1,7 @@
 package fleet_test
 
 // Tests of the fleet's server side over real parts: a SQLite database in a
-// temporary directory, a Nix store database the test writes (with
+// temporary directory (and for some tests a PostgreSQL database, onPostgres), a Nix store database the test writes (with
 // testsupport.WriteStoreDB; these tests only ask the store whether a target
 // is valid, so they need no Nix) read through nixstore, ed25519 keys.
 // Heartbeats go to Service.Heartbeat directly and, where status codes and
@@ -31,6 +31,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
 
 // clock is the service's clock: tests move it, so timestamps, drift and
@@ -79,13 +80,13 @@ func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	ts.CloseAtCleanup(t, d)
 	closure, storeCfg := ts.StoreDBClosure(t)
 	st, err := nixstore.Open(ctx, storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	ts.CloseAtCleanup(t, st)
 	key, err := signing.Generate("cf-test-server", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +97,7 @@ func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	for _, f := range configure {
 		f(&cfg)
 	}
-	return &env{t: t, db: d, store: st, closure: closure, serverKey: key, svc: fleet.New(cfg), clock: c}
+	return &env{t: t, db: cfg.DB, store: st, closure: closure, serverKey: key, svc: fleet.New(cfg), clock: c}
 }
 
 // withAPI serves the env's fleet service over HTTP, on the same database.
@@ -267,6 +268,30 @@ func both(t *testing.T, f func(t *testing.T, e *env), configure ...func(*fleet.C
 		e.viaHTTP = true
 		f(t, e)
 	})
+	t.Run("postgres", func(t *testing.T) { f(t, newEnv(t, append(configure, onPostgres(t))...)) })
+}
+
+// onPostgres gives the service a fresh PostgreSQL database instead of
+// SQLite.
+func onPostgres(t *testing.T) func(*fleet.Config) {
+	return func(c *fleet.Config) {
+		d, err := db.Open(t.Context(), pgtest.NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := d.Close(); err != nil {
+				t.Errorf("close database: %v", err)
+			}
+		})
+		c.DB = d
+	}
+}
+
+// eachDB runs f on SQLite and on PostgreSQL; f passes onDB to newEnv.
+func eachDB(t *testing.T, f func(t *testing.T, onDB ...func(*fleet.Config))) {
+	t.Run("sqlite", func(t *testing.T) { f(t) })
+	t.Run("postgres", func(t *testing.T) { f(t, onPostgres(t)) })
 }
 
 // ghostPath is a well-formed store path that was never built.
@@ -685,8 +710,8 @@ func TestDeploymentReports(t *testing.T) {
 }
 
 // policyEnv has a host and a closure in the store to target.
-func policyEnv(t *testing.T) (*env, *agent, ts.Closure) {
-	e := newEnv(t)
+func policyEnv(t *testing.T, configure ...func(*fleet.Config)) (*env, *agent, ts.Closure) {
+	e := newEnv(t, configure...)
 	a := newAgent(t, "chesty")
 	e.add(a, fleet.Policy{})
 	return e, a, e.closure
@@ -864,8 +889,10 @@ func addNixosBuild(t *testing.T, d *db.DB, repo, attr, status, out, drv string) 
 	return b.ID
 }
 
-func TestPolicyAuto(t *testing.T) {
-	e, a, c := policyEnv(t)
+func TestPolicyAuto(t *testing.T) { eachDB(t, testPolicyAuto) }
+
+func testPolicyAuto(t *testing.T, onDB ...func(*fleet.Config)) {
+	e, a, c := policyEnv(t, onDB...)
 	ctx := t.Context()
 	if err := e.svc.SetPolicy(ctx, admin, "chesty", fleet.Policy{Policy: db.PolicyAuto, Repository: testRepo}, ""); err != nil {
 		t.Fatal(err)
@@ -928,8 +955,10 @@ func TestPolicyAuto(t *testing.T) {
 	}
 }
 
-func TestAudit(t *testing.T) {
-	e := newEnv(t)
+func TestAudit(t *testing.T) { eachDB(t, testAudit) }
+
+func testAudit(t *testing.T, onDB ...func(*fleet.Config)) {
+	e := newEnv(t, onDB...)
 	ctx := t.Context()
 	a, b := newAgent(t, "chesty"), newAgent(t, "pending-one")
 	target := systemPath(t, "chesty")
@@ -1277,5 +1306,51 @@ func TestConfigureHosts(t *testing.T) {
 	}
 	if h := e.host("beta"); h.Status != db.HostPending || h.PublicKey != b.pub() {
 		t.Errorf("beta after the refused configuration = %+v, want untouched", h)
+	}
+}
+
+// TestPolicyAutoWaitsForPush: with fleet_cache set, an auto host is handed
+// only a build whose push to that cache succeeded.
+func TestPolicyAutoWaitsForPush(t *testing.T) {
+	e := newEnv(t, func(c *fleet.Config) { c.FleetCache = "central" })
+	a := newAgent(t, "chesty")
+	e.add(a, fleet.Policy{})
+	c := e.closure
+	ctx := t.Context()
+	if err := e.svc.SetPolicy(ctx, admin, "chesty", fleet.Policy{Policy: db.PolicyAuto, Repository: testRepo}, ""); err != nil {
+		t.Fatal(err)
+	}
+	push := func(buildID int64, dest string, state db.PushState) {
+		t.Helper()
+		j, err := e.db.CreatePush(ctx, buildID, dest, "http://cache", []string{"x"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.db.UpdatePush(ctx, j.ID, state, db.PushProgress{Attempts: 1}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := addNixosBuild(t, e.db, testRepo, "chesty", db.ResultSuccess, c.Middle, c.Derivers[c.Middle])
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:auto:waiting-for-push" || r.Deploy || r.Target != c.Leaf {
+		t.Fatalf("auto before the push = %+v, want waiting-for-push and stay", r)
+	}
+	push(first, "elsewhere", db.PushSucceeded) // not the fleet's cache
+	push(first, "central", db.PushRunning)
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:auto:waiting-for-push" || r.Deploy {
+		t.Fatalf("auto while the push runs = %+v", r)
+	}
+	push(first, "central", db.PushSucceeded)
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:update" || !r.Deploy || r.Target != c.Middle {
+		t.Fatalf("auto after the push = %+v, want deploy %s", r, c.Middle)
+	}
+	// A newer build whose push failed: the host keeps the pushed one.
+	second := addNixosBuild(t, e.db, testRepo, "chesty", db.ResultSuccess, c.Top, c.Derivers[c.Top])
+	push(second, "central", db.PushFailed)
+	if r := e.ok(a, c.Middle); r.Reason != "policy:up-to-date" || r.Deploy || r.Target != c.Middle {
+		t.Fatalf("auto with the newest push failed = %+v, want to stay on %s", r, c.Middle)
+	}
+	push(second, "central", db.PushSucceeded)
+	if r := e.ok(a, c.Middle); !r.Deploy || r.Target != c.Top {
+		t.Fatalf("auto after the newest push = %+v, want deploy %s", r, c.Top)
 	}
 }

@@ -331,6 +331,9 @@ func (c *conn) skipTrailer() error {
 	}
 }
 
+// unread reports whether the client may still be sending body bytes.
+func (b *body) unread() bool { return b.r != nil && !b.eof }
+
 // drain reads what the handler left of the body, and reports whether the
 // connection can carry another request.
 func (b *body) drain() bool {

@@ -88,8 +88,13 @@ func TestIdempotent(t *testing.T) {
 
 func TestExistingKeyModeLeftAlone(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "cache-key")
-	k, _ := signing.Generate("x", nil)
-	os.WriteFile(file, []byte(k.String()), 0o400)
+	k, err := signing.Generate("x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(k.String()), 0o400); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Ensure(Options{KeyFile: file, Name: "x", Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
@@ -186,13 +191,21 @@ func TestKeyReadableByOthers(t *testing.T) {
 func TestErrors(t *testing.T) {
 	dir := t.TempDir()
 	corrupt := filepath.Join(dir, "corrupt")
-	os.WriteFile(corrupt, []byte("build-server:not-base64!!\n"), 0o600)
+	if err := os.WriteFile(corrupt, []byte("build-server:not-base64!!\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	truncated := filepath.Join(dir, "truncated")
-	os.WriteFile(truncated, []byte("build-server:AAAA\n"), 0o600)
+	if err := os.WriteFile(truncated, []byte("build-server:AAAA\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	asDir := filepath.Join(dir, "is-a-dir")
-	os.Mkdir(asDir, 0o700)
+	if err := os.Mkdir(asDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	notADir := filepath.Join(dir, "file")
-	os.WriteFile(notADir, nil, 0o600)
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name, file string
@@ -227,7 +240,9 @@ func TestUnwritableDirectoryAsUser(t *testing.T) {
 		t.Skip("root can write any directory; the not-a-directory case in TestErrors covers root")
 	}
 	dir := filepath.Join(t.TempDir(), "ro")
-	os.Mkdir(dir, 0o500)
+	if err := os.Mkdir(dir, 0o500); err != nil {
+		t.Fatal(err)
+	}
 	_, err := Ensure(Options{KeyFile: filepath.Join(dir, "key"), Name: "x", Logger: quiet()})
 	if err == nil || !strings.Contains(err.Error(), "writable") {
 		t.Errorf("err = %v, want it to say the directory must be writable", err)
@@ -297,7 +312,9 @@ func TestNixAcceptsKey(t *testing.T) {
 	}
 
 	expr := filepath.Join(dir, "p.nix")
-	os.WriteFile(expr, []byte(`derivation { name = "cf-keygen-test"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo `+strconv.Itoa(os.Getpid())+dir+` > $out"]; }`), 0o644)
+	if err := os.WriteFile(expr, []byte(`derivation { name = "cf-keygen-test"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo `+strconv.Itoa(os.Getpid())+dir+` > $out"]; }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err = exec.Command("nix-build", expr, "--no-out-link").Output()
 	if err != nil {
 		t.Fatalf("nix-build: %v", err)

@@ -37,7 +37,9 @@ func OpenDir(root string) (*Dir, error) {
 		return nil, fmt.Errorf("read storage staging directory: %w", err)
 	}
 	for _, e := range entries {
-		os.Remove(filepath.Join(staging, e.Name()))
+		if err := os.Remove(filepath.Join(staging, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("clear storage staging directory: %w (make %s writable by this user)", err, staging)
+		}
 	}
 	return &Dir{root: root}, nil
 }
@@ -106,7 +108,7 @@ func (l *limitedFile) Close() error { return l.f.Close() }
 
 // Put implements Store: a temporary file in the staging area, synced, then
 // renamed into place.
-func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64, _ string) error {
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64, _ string) (err error) {
 	p, err := d.path(key)
 	if err != nil {
 		return err
@@ -122,7 +124,9 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64, _ st
 	defer func() {
 		if !done {
 			tmp.Close()
-			os.Remove(tmp.Name())
+			if rerr := os.Remove(tmp.Name()); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove partial %s: %w", tmp.Name(), rerr))
+			}
 		}
 	}()
 	n, err := io.Copy(tmp, ctxReader{ctx, r})

@@ -93,7 +93,7 @@ func s3Credentials(getenv func(string) string) (*credentials.Credentials, error)
 	if file != "" {
 		if _, err := os.Stat(file); err == nil {
 			c := credentials.NewFileAWSCredentials(file, profile)
-			if v, err := c.Get(); err != nil || v.AccessKeyID == "" {
+			if v, err := c.GetWithContext(nil); err != nil || v.AccessKeyID == "" {
 				return nil, fmt.Errorf("S3 credentials file %s has no usable profile %q: %v", file, profile, err)
 			}
 			return c, nil
@@ -157,7 +157,8 @@ func (s *S3) Get(ctx context.Context, key string, offset, length int64) (io.Read
 	// minio sends the request lazily; Stat sends it, so a missing object is
 	// reported here rather than on the first Read.
 	if _, err := obj.Stat(); err != nil {
-		obj.Close()
+		// The object was never read: closing it loses nothing.
+		_ = obj.Close()
 		if isNotFound(err) {
 			return nil, ErrNotFound
 		}

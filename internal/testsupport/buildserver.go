@@ -55,9 +55,12 @@ type BuildServerConfig struct {
 	Info             api.Info
 	// DataDir is the server's data directory; default a new temporary one.
 	DataDir string
-	// DB is the database to use; default a new SQLite database in DataDir
-	// (closed when the test ends; a given one is left to its owner).
+	// DB is the database to use; default the one Database names, opened
+	// (and closed when the test ends; a given one is left to its owner).
 	DB *db.DB
+	// Database is the DSN StartBuildServer opens when DB is nil (for
+	// PostgreSQL, pgtest.NewDatabase); default SQLite in DataDir.
+	Database string
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
 	// NoLocalBuilder runs no in-process worker: build jobs wait for
@@ -69,7 +72,7 @@ type BuildServerConfig struct {
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
-// a SQLite database in the data directory and the real nix and git.
+// a database (SQLite in the data directory by default) and the real nix and git.
 type BuildServer struct {
 	URL     string
 	DataDir string
@@ -111,11 +114,15 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 	}
 	database := cfg.DB
 	if database == nil {
-		database, err = db.Open(ctx, filepath.Join(cfg.DataDir, "crystal-forge.db"))
+		dsn := cfg.Database
+		if dsn == "" {
+			dsn = filepath.Join(cfg.DataDir, "crystal-forge.db")
+		}
+		database, err = db.Open(ctx, dsn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { database.Close() })
+		CloseAtCleanup(t, database)
 	}
 	logger := cfg.Logger
 	if logger == nil {

@@ -144,7 +144,11 @@ func NewBlocker(t testing.TB, name string) *Blocker {
 	b := &Blocker{Name: name, Dir: dir}
 	// Removing the directory also ends a builder still waiting when the
 	// test ends (a failed test).
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove the blocker's directory: %v", err)
+		}
+	})
 	return b
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/crystal-forge/crystal-forge/internal/objstore"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
@@ -99,16 +100,17 @@ func (s *S3Server) start(t testing.TB, bin, addr string) error {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	var waitErr error // read after done is closed
+	go func() { waitErr = cmd.Wait(); close(done) }()
 	kill := func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		signal(t, -cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
 		case <-done:
-			return fmt.Errorf("versitygw on %s exited before it was ready:\n%s", addr, out.String())
+			return fmt.Errorf("versitygw on %s exited before it was ready (%v):\n%s", addr, waitErr, out.String())
 		default:
 		}
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
@@ -164,4 +166,27 @@ func (s *S3Server) Getenv(k string) string {
 		return s.SecretKey
 	}
 	return ""
+}
+
+// StorageBackends returns an opener for each kind of cache storage, for
+// tests that must pass on all of them: a new directory, and a new bucket on
+// a real S3 server (versitygw).
+func StorageBackends() map[string]func(t *testing.T) objstore.Store {
+	return map[string]func(t *testing.T) objstore.Store{
+		"dir": func(t *testing.T) objstore.Store {
+			s, err := objstore.OpenDir(filepath.Join(t.TempDir(), "cache"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		"s3": func(t *testing.T) objstore.Store {
+			srv := StartS3(t)
+			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
 }

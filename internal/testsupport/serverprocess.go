@@ -8,6 +8,7 @@ package testsupport
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -103,10 +104,14 @@ func CrystalForgeBinary(t testing.TB) string {
 
 // RemoveCrystalForgeBinary deletes the binary CrystalForgeBinary built, if
 // any. Call it from TestMain after m.Run.
-func RemoveCrystalForgeBinary() {
-	if serverBinary.dir != "" {
-		os.RemoveAll(serverBinary.dir)
+func RemoveCrystalForgeBinary() error {
+	if serverBinary.dir == "" {
+		return nil
 	}
+	if err := os.RemoveAll(serverBinary.dir); err != nil {
+		return fmt.Errorf("remove the test's crystal-forge binary: %w", err)
+	}
+	return nil
 }
 
 // FreeTCPPort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -137,7 +142,7 @@ type ServerOptions struct {
 	ExtraTOML string
 	// Env is added to the server's environment ("KEY=value").
 	Env []string
-	// Args are added to the server's command line (e.g. --no-local-builder).
+	// Args are added to `crystal-forge server --config FILE`.
 	Args []string
 }
 
@@ -420,7 +425,7 @@ func (s *Server) Stop(t testing.TB, grace time.Duration) int {
 	if !s.Running() {
 		return s.state.ExitCode()
 	}
-	syscall.Kill(-s.Cmd.Process.Pid, syscall.SIGTERM)
+	signal(t, -s.Cmd.Process.Pid, syscall.SIGTERM)
 	if code, err := s.Wait(grace); err == nil {
 		return code
 	}
@@ -439,13 +444,13 @@ func (s *Server) Kill(t testing.TB) {
 		return
 	}
 	pid := s.Cmd.Process.Pid
-	syscall.Kill(-pid, syscall.SIGSTOP)
+	signal(t, -pid, syscall.SIGSTOP)
 	stopped := map[int]bool{}
 	for range 100 {
 		more := false
 		for _, p := range procDescendants(pid) {
 			if !stopped[p] {
-				syscall.Kill(p, syscall.SIGSTOP)
+				signal(t, p, syscall.SIGSTOP)
 				stopped[p] = true
 				more = true
 			}
@@ -454,9 +459,9 @@ func (s *Server) Kill(t testing.TB) {
 			break
 		}
 	}
-	syscall.Kill(-pid, syscall.SIGKILL)
+	signal(t, -pid, syscall.SIGKILL)
 	for p := range stopped {
-		syscall.Kill(p, syscall.SIGKILL)
+		signal(t, p, syscall.SIGKILL)
 	}
 	if _, err := s.Wait(30 * time.Second); err != nil {
 		t.Errorf("kill: %v", err)
@@ -611,4 +616,14 @@ func (s *Server) do(t testing.TB, method, path string) (int, []byte) {
 		t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
 	return resp.StatusCode, bytes.TrimSpace(body)
+}
+
+// signal sends sig to pid (negative: to that process group). A process that
+// has already exited (ESRCH) is what the caller wants anyway; anything else,
+// such as EPERM, means the process lives on, and the test must say so.
+func signal(t testing.TB, pid int, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("send %v to %d: %v", sig, pid, err)
+	}
 }

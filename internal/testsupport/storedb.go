@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	_ "embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -85,7 +86,7 @@ func WriteStoreDB(t testing.TB, s StoreDB) nixstore.Config {
 	return cfg
 }
 
-func writeStoreDB(cfg nixstore.Config, s StoreDB) error {
+func writeStoreDB(cfg nixstore.Config, s StoreDB) (err error) {
 	paths := make([]StorePath, len(s.Paths))
 	copy(paths, s.Paths)
 	for i := range paths {
@@ -112,7 +113,11 @@ func writeStoreDB(cfg nixstore.Config, s StoreDB) error {
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer func() {
+		if cerr := db.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close %s: %w", cfg.DBPath, cerr))
+		}
+	}()
 	// Nix keeps its database in WAL mode; readers rely on that.
 	if _, err := db.Exec(nixSchema + "PRAGMA journal_mode=WAL;"); err != nil {
 		return fmt.Errorf("create schema: %w", err)
@@ -121,7 +126,12 @@ func writeStoreDB(cfg nixstore.Config, s StoreDB) error {
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback()
+	defer func() {
+		// After Commit, Rollback only reports that the transaction is done.
+		if rerr := tx.Rollback(); !errors.Is(rerr, sql.ErrTxDone) {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	ids := make(map[string]int64, len(paths))
 	now := time.Now().Unix()
 	for _, p := range paths {

@@ -29,7 +29,7 @@ func TestWriteStoreDB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	CloseAtCleanup(t, st)
 
 	hashOf := func(p string) string {
 		h, ok := nixstore.ParseHashPart(filepath.Base(p))
@@ -116,7 +116,11 @@ func schemaOf(t *testing.T, file string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer func() {
+		if err := db.Close(); err != nil {
+			t.Errorf("close %s: %v", file, err)
+		}
+	}()
 	rows, err := db.QueryContext(t.Context(), `SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name != 'sqlite_sequence' ORDER BY name`)
 	if err != nil {
 		t.Fatalf("schema of %s: %v", file, err)

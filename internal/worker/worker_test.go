@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
 
 // fakeExec is a unit test's executor: each job blocks until released
@@ -56,14 +57,27 @@ func (f *fakeExec) runs(id int64) []string {
 	return append([]string(nil), f.started[id]...)
 }
 
-func openDB(t *testing.T) *db.DB {
-	t.Helper()
-	d, err := db.Open(t.Context(), filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
+// eachDB runs f as a subtest on a new SQLite database and a new
+// PostgreSQL one.
+func eachDB(t *testing.T, f func(t *testing.T, d *db.DB)) {
+	for _, dialect := range []db.Dialect{db.SQLite, db.Postgres} {
+		t.Run(string(dialect), func(t *testing.T) {
+			dsn := filepath.Join(t.TempDir(), "state.db")
+			if dialect == db.Postgres {
+				dsn = pgtest.NewDatabase(t)
+			}
+			d, err := db.Open(t.Context(), dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := d.Close(); err != nil {
+					t.Error(err)
+				}
+			})
+			f(t, d)
+		})
 	}
-	t.Cleanup(func() { d.Close() })
-	return d
 }
 
 func queue(t *testing.T, d *db.DB, attrs ...string) (int64, []int64) {
@@ -122,13 +136,19 @@ func start(t *testing.T, d *db.DB, exec Executor, name string, lease time.Durati
 	drain, drainCancel := context.WithCancel(kill)
 	s.drain, s.kill = drainCancel, killCancel
 	go func() { s.done <- s.w.Run(drain, kill) }()
-	t.Cleanup(func() { killCancel(); <-s.done })
+	t.Cleanup(func() {
+		killCancel()
+		if err := <-s.done; err != nil {
+			t.Errorf("worker %s: %v", name, err)
+		}
+	})
 	return s
 }
 
 // TestRunsJobs: a worker runs every job once and records each outcome.
-func TestRunsJobs(t *testing.T) {
-	d := openDB(t)
+func TestRunsJobs(t *testing.T) { eachDB(t, testRunsJobs) }
+
+func testRunsJobs(t *testing.T, d *db.DB) {
 	_, ids := queue(t, d, "a", "bad", "c")
 	exec := newFakeExec()
 	s := start(t, d, exec, "w1", time.Minute)
@@ -163,8 +183,9 @@ func TestRunsJobs(t *testing.T) {
 
 // TestCancelStopsJob: a job cancelled in the database stops on its worker
 // at the next renewal and stays cancelled.
-func TestCancelStopsJob(t *testing.T) {
-	d := openDB(t)
+func TestCancelStopsJob(t *testing.T) { eachDB(t, testCancelStopsJob) }
+
+func testCancelStopsJob(t *testing.T, d *db.DB) {
 	bid, ids := queue(t, d, "slow")
 	exec := newFakeExec("slow")
 	start(t, d, exec, "w1", 300*time.Millisecond)
@@ -190,8 +211,9 @@ func TestCancelStopsJob(t *testing.T) {
 
 // TestDrain: a draining worker claims nothing new and lets its running
 // jobs finish and be recorded.
-func TestDrain(t *testing.T) {
-	d := openDB(t)
+func TestDrain(t *testing.T) { eachDB(t, testDrain) }
+
+func testDrain(t *testing.T, d *db.DB) {
 	_, ids := queue(t, d, "slow")
 	exec := newFakeExec("slow")
 	s := start(t, d, exec, "w1", time.Minute)
@@ -218,15 +240,18 @@ func TestDrain(t *testing.T) {
 // TestLostWorker: a worker killed mid-job leaves the job running under a
 // lease; when it expires another worker runs the job, and the end is
 // recorded once, by it.
-func TestLostWorker(t *testing.T) {
-	d := openDB(t)
+func TestLostWorker(t *testing.T) { eachDB(t, testLostWorker) }
+
+func testLostWorker(t *testing.T, d *db.DB) {
 	_, ids := queue(t, d, "slow")
 	exec := newFakeExec("slow")
 	const lease = 300 * time.Millisecond
 	first := start(t, d, exec, "w1", lease)
 	waitFor(t, "the job to start on w1", func() bool { return len(exec.runs(ids[0])) == 1 })
 	first.kill()
-	<-first.done
+	if err := <-first.done; err != nil {
+		t.Fatalf("killed worker: %v", err)
+	}
 	first.done <- nil
 	if j := jobState(t, d, ids[0]); j.State != db.JobRunning || j.Worker != "w1" {
 		t.Fatalf("job of the killed worker = %+v, want still running on w1 until its lease expires", j)
@@ -250,8 +275,9 @@ func TestLostWorker(t *testing.T) {
 
 // TestRestartRequeues: a worker starting under the name of one that died
 // takes its jobs back at once.
-func TestRestartRequeues(t *testing.T) {
-	d := openDB(t)
+func TestRestartRequeues(t *testing.T) { eachDB(t, testRestartRequeues) }
+
+func testRestartRequeues(t *testing.T, d *db.DB) {
 	_, ids := queue(t, d, "a")
 	if _, err := d.ClaimJob(t.Context(), "w1", []string{"x86_64-linux"}, time.Hour, time.Now()); err != nil {
 		t.Fatal(err)

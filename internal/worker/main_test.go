@@ -1,0 +1,11 @@
+package worker
+
+import (
+	"os"
+	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
+)
+
+// TestMain stops the PostgreSQL server the tests share when they end.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
