@@ -9,12 +9,16 @@
 #
 #   bench/jobs.sh
 #   ATTRS=12 SLEEP=2 WORKERS="1 2 3" bench/jobs.sh
+#   DB=postgres bench/jobs.sh   # the state in a private PostgreSQL this script
+#                               # starts (postgresql-15: scripts/install-deps.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GOTOOLCHAIN=local
 BIN=${BIN:-bin/crystal-forge}
 OUT=bench/results
 mkdir -p "$OUT"
+DB=${DB:-sqlite}
+case $DB in sqlite | postgres) ;; *) echo "DB must be sqlite or postgres, not $DB" >&2; exit 2 ;; esac
 ATTRS=${ATTRS:-12}
 SLEEP=${SLEEP:-2}
 WORKERS=${WORKERS:-1 2 3}
@@ -57,26 +61,58 @@ branch = "main"
 TOML
 
 PIDS=()
+PGPID=
 cleanup() {
 	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	if [ -n "$PGPID" ]; then
+		kill -TERM -- "-$PGPID" 2>/dev/null || true
+		for _ in $(seq 100); do kill -0 "$PGPID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL -- "-$PGPID" 2>/dev/null || true
+	fi
 	wait 2>/dev/null || true
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
 
-"$BIN" server --config "$WORK/forge.toml" --data-dir "$WORK/data" --key-file "$WORK/data/cache-key" --no-local-builder \
+DSN=$WORK/data/crystal-forge.db
+SERVERDB=()
+if [ "$DB" = postgres ]; then
+	# A private PostgreSQL on a unix socket, as bench/fleet.sh starts it.
+	# initdb refuses root: it runs as nobody.
+	PGBIN=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+	[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL is not installed: scripts/install-deps.sh installs postgresql-15" >&2; exit 1; }
+	as=()
+	[ "$(id -u)" -ne 0 ] || as=(runuser -u nobody --)
+	mkdir -p "$WORK/pg"
+	[ "$(id -u)" -ne 0 ] || chown nobody "$WORK/pg"
+	chmod 755 "$WORK"
+	(cd "$WORK/pg" && "${as[@]}" "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres -A trust -E UTF8 --locale=C >"$WORK/pg/initdb.log" 2>&1) ||
+		{ cat "$WORK/pg/initdb.log" >&2; exit 1; }
+	PGLOG="$PWD/$OUT/jobs-postgres.log"
+	(cd "$WORK/pg" && exec setsid "${as[@]}" "$PGBIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -c listen_addresses= \
+		-c synchronous_commit=off -c max_connections=100 >"$PGLOG" 2>&1) &
+	PGPID=$!
+	for _ in $(seq 300); do "$PGBIN/pg_isready" -q -h "$WORK/pg" -U postgres && break; sleep 0.1; done
+	"$PGBIN/pg_isready" -h "$WORK/pg" -U postgres
+	"$PGBIN/createdb" -h "$WORK/pg" -U postgres forge
+	"$PGBIN/createdb" -h "$WORK/pg" -U postgres claims
+	DSN="postgres://postgres@/forge?host=$WORK/pg&sslmode=disable"
+	SERVERDB=(--db "$DSN")
+fi
+
+"$BIN" server --config "$WORK/forge.toml" --data-dir "$WORK/data" --key-file "$WORK/data/cache-key" --no-local-builder "${SERVERDB[@]}" \
 	>"$OUT/jobs-server.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 300); do curl -fs "http://127.0.0.1:$API/health" >/dev/null && break; sleep 0.1; done
 
-REPORT=$OUT/jobs.txt
-: > "$REPORT"
+REPORT=$OUT/jobs-$DB.txt
+echo "database: $DB" > "$REPORT"
 base_total= ; base_span=
 for n in $WORKERS; do
 	write_flake "$(date +%s%N)"
 	BPIDS=()
 	for i in $(seq "$n"); do
-		"$BIN" builder --db "$WORK/data/crystal-forge.db" --name "b$i" --jobs 1 --data-dir "$WORK/builder-$n-$i" \
+		"$BIN" builder --db "$DSN" --name "b$i" --jobs 1 --data-dir "$WORK/builder-$n-$i" \
 			>>"$OUT/jobs-builders.log" 2>&1 &
 		BPIDS+=($!); PIDS+=($!)
 	done
@@ -103,4 +139,6 @@ print("%s %d builders: %s, %d attributes; build %.1f s, attribute span %.1f s%s|
 	for p in "${BPIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${BPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 done
-go run ./bench/claimload | tee -a "$REPORT"
+CLAIMDB=()
+[ "$DB" = sqlite ] || CLAIMDB=(--db "postgres://postgres@/claims?host=$WORK/pg&sslmode=disable")
+go run ./bench/claimload "${CLAIMDB[@]}" | tee -a "$REPORT"

@@ -7,8 +7,9 @@
 // Two runs on one database: a backlog (all jobs queued, then the workers
 // claim and finish them as fast as they can: claim latency and
 // throughput), and arrivals (the workers, the real worker loop with its
-// default 1 s poll, idle; jobs queued one at a time every --gap: the wait
-// from queued to running a job sees on an idle cluster).
+// default 1 s poll and, on PostgreSQL, LISTEN/NOTIFY, idle; jobs queued one
+// at a time every --gap: the wait from queued to running a job sees on an
+// idle cluster).
 package main
 
 import (
@@ -162,8 +163,12 @@ func run(dsn string, n, workers int, gap time.Duration) error {
 	}
 	stop()
 	ws.Wait()
-	fmt.Printf("arrivals: %d jobs, one every %s, %d idle workers (1 s poll): queued → running p50 %s, p99 %s\n",
-		n, gap, workers, ms(pct(waits, .5)), ms(pct(waits, .99)))
+	how := "1 s poll"
+	if d.Dialect() == db.Postgres {
+		how = "woken by LISTEN/NOTIFY, 1 s poll"
+	}
+	fmt.Printf("arrivals: %d jobs, one every %s, %d idle workers (%s): queued → running p50 %s, p99 %s\n",
+		n, gap, workers, how, ms(pct(waits, .5)), ms(pct(waits, .99)))
 	return nil
 }
 

@@ -196,6 +196,15 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	for _, name := range o.order {
 		o.writeStatusFile(ctx, name)
 	}
+	// On PostgreSQL, builds on other machines wake their goroutines as
+	// they log and as their jobs end; they poll as well.
+	if notes := o.db.Listen(ctx, o.log, db.ChanJobs, db.ChanLogs); notes != nil {
+		o.wg.Go(func() {
+			for n := range notes {
+				o.wakeBuild(n.BuildID)
+			}
+		})
+	}
 	if o.local != nil {
 		o.wg.Go(func() {
 			if err := o.local.Run(ctx, ctx); err != nil {

@@ -177,12 +177,35 @@ func (d *DB) enqueue(ctx context.Context, parent int64, worker string, jobs []Ne
 			}
 			ids = append(ids, id)
 		}
-		return nil
+		return d.notifyBuilds(ctx, tx, jobs)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue %d jobs: %w", len(jobs), err)
 	}
 	return ids, nil
+}
+
+// notifyBuilds sends ChanJobs once for each build of jobs.
+func (d *DB) notifyBuilds(ctx context.Context, tx *sql.Tx, jobs []NewJob) error {
+	seen := map[int64]bool{}
+	for _, j := range jobs {
+		if !seen[j.BuildID] {
+			seen[j.BuildID] = true
+			if err := d.notify(ctx, tx, ChanJobs, j.BuildID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// notifyJobs sends ChanJobs once for each build of jobs.
+func (d *DB) notifyJobs(ctx context.Context, tx *sql.Tx, jobs []*Job) error {
+	nj := make([]NewJob, len(jobs))
+	for i, j := range jobs {
+		nj[i].BuildID = j.BuildID
+	}
+	return d.notifyBuilds(ctx, tx, nj)
 }
 
 // systemsFilter is the claim query's condition on a job's system: any
@@ -226,7 +249,10 @@ func (d *DB) ClaimJob(ctx context.Context, worker string, systems []string, leas
 			}
 			j, err = scanJob(tx.QueryRowContext(ctx, fmt.Sprintf(set, 1, 2, 3)+` WHERE id = $4 RETURNING `+jobCols,
 				worker, millis(now.Add(lease)), millis(now), id))
-			return err
+			if err != nil {
+				return err
+			}
+			return d.notify(ctx, tx, ChanJobs, j.BuildID)
 		})
 	default:
 		n := len(sysArgs)
@@ -284,12 +310,16 @@ func (d *DB) FinishJob(ctx context.Context, f JobFinish) error {
 		return fmt.Errorf("finish job %d: %q is not an end state", f.ID, f.State)
 	}
 	return d.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = $1, error = $2, finished_at = $3, lease_expires_at = NULL
-			WHERE id = $4 AND worker = $5 AND state = 'running'`, f.State, f.Error, millis(f.At), f.ID, f.Worker)
+		var buildID int64
+		err := tx.QueryRowContext(ctx, `UPDATE jobs SET state = $1, error = $2, finished_at = $3, lease_expires_at = NULL
+			WHERE id = $4 AND worker = $5 AND state = 'running' RETURNING build_id`, f.State, f.Error, millis(f.At), f.ID, f.Worker).Scan(&buildID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %d: %w", f.ID, ErrLeaseLost)
+		}
 		if err != nil {
 			return fmt.Errorf("finish job %d: %w", f.ID, err)
 		}
-		if err := oneRow(res, f.ID); err != nil {
+		if err := d.notify(ctx, tx, ChanJobs, buildID); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE build_results SET status = $1, error = $2, finished_at = $3 WHERE job_id = $4 AND status = $5`,
@@ -331,6 +361,9 @@ func (d *DB) ReclaimExpired(ctx context.Context, now time.Time) (requeued, faile
 				failed = append(failed, j)
 			}
 		}
+		if err := d.notifyJobs(ctx, tx, jobs); err != nil {
+			return err
+		}
 		return dropLostResults(ctx, tx, requeued, failed, now)
 	})
 	if err != nil {
@@ -371,6 +404,9 @@ func (d *DB) RequeueWorkerJobs(ctx context.Context, worker string) ([]*Job, erro
 			return err
 		}
 		if out, err = scanJobs(rows); err != nil {
+			return err
+		}
+		if err := d.notifyJobs(ctx, tx, out); err != nil {
 			return err
 		}
 		return dropLostResults(ctx, tx, out, nil, time.Now())

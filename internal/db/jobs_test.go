@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -495,4 +496,73 @@ func testJobLogs(t *testing.T, d *DB) {
 	if err != nil || len(jl) != 2 || string(jl[0].Data) != "a 1\n" || jl[1].Attempt != 1 {
 		t.Errorf("JobLogChunks = %+v, %v", jl, err)
 	}
+}
+
+// TestListen: on PostgreSQL, queueing, claiming, finishing and logging
+// wake a listener with the build's id; on SQLite Listen returns nil and
+// waiters poll.
+func TestListen(t *testing.T) { forEachDB(t, testListen) }
+
+func testListen(t *testing.T, d *DB) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	notes := d.Listen(ctx, slog.New(slog.DiscardHandler), ChanJobs, ChanLogs)
+	if d.Dialect() == SQLite {
+		if notes != nil {
+			t.Fatal("Listen on SQLite returned a channel")
+		}
+		return
+	}
+	want := func(what, channel string, buildID int64) {
+		t.Helper()
+		for {
+			select {
+			case n, ok := <-notes:
+				if !ok {
+					t.Fatalf("notifications ended waiting for %s", what)
+				}
+				if n.Channel == channel && n.BuildID == buildID {
+					return
+				}
+			case <-time.After(time.Minute):
+				t.Fatalf("no %s notification for build %d", channel, buildID)
+			}
+		}
+	}
+	// The listener may connect after the first notification is sent:
+	// queue until one arrives, then expect each of the others.
+	b, _, err := d.CreateBuild(ctx, "r", "api", "/l/r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan struct{})
+	go func() {
+		for {
+			if _, err := d.EnqueueJobs(ctx, []NewJob{{BuildID: b.ID, Kind: JobAttr, Attr: "warm"}}, t0); err != nil {
+				return
+			}
+			select {
+			case <-first:
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	want("the first queue", ChanJobs, b.ID)
+	close(first)
+	j, err := d.ClaimJob(ctx, "w1", nil, time.Minute, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want("a claim", ChanJobs, j.BuildID)
+	if err := d.AppendJobLog(ctx, j.BuildID, j.ID, j.Attempts, []byte("line\n"), t0); err != nil {
+		t.Fatal(err)
+	}
+	want("a log", ChanLogs, j.BuildID)
+	if err := d.FinishJob(ctx, JobFinish{ID: j.ID, Worker: "w1", State: JobSucceeded, At: t0}); err != nil {
+		t.Fatal(err)
+	}
+	want("an end", ChanJobs, j.BuildID)
 }

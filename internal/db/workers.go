@@ -141,6 +141,9 @@ func (d *DB) AppendJobLog(ctx context.Context, buildID, jobID int64, attempt int
 		jobID, buildID, attempt, data, millis(at)); err != nil {
 		return fmt.Errorf("append to the log of job %d: %w", jobID, err)
 	}
+	if err := d.notifyNow(ctx, ChanLogs, buildID); err != nil {
+		return fmt.Errorf("announce the log of job %d: %w", jobID, err)
+	}
 	return nil
 }
 

@@ -148,6 +148,10 @@ func (w *Worker) Run(drain, kill context.Context) error {
 	slots := make(chan struct{}, w.cfg.Capacity)
 	tick := time.NewTicker(w.cfg.Poll)
 	defer tick.Stop()
+	// On PostgreSQL, queued jobs wake the worker at once; the poll stays
+	// for what a notification cannot say (leases that expire) and for
+	// SQLite, where notes is nil.
+	notes := d.Listen(drain, log, db.ChanJobs)
 	lastBeat := time.Time{}
 	for drain.Err() == nil {
 		if time.Since(lastBeat) >= w.cfg.Lease/3 {
@@ -160,6 +164,10 @@ func (w *Worker) Run(drain, kill context.Context) error {
 		case <-drain.Done():
 		case <-tick.C:
 		case <-w.wake:
+		case _, ok := <-notes:
+			if !ok {
+				notes = nil
+			}
 		}
 	}
 	if n := w.Running(); n > 0 {
