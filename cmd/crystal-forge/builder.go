@@ -38,6 +38,8 @@ func runBuilder(ctx context.Context, args []string, stderr io.Writer, log *slog.
 	hmFlake := fs.String("home-manager-flake", defaults.HomeManagerFlake, "flake reference of home-manager, for flakes with homeManagerModules")
 	gitTimeout := fs.Duration("git-timeout", defaults.GitTimeout.Duration, "fail a clone or fetch silent this long (0: never)")
 	lease := fs.Duration("lease", 30*time.Second, "how long a claimed job stays this worker's without renewal (renewed every third of it)")
+	pushTo := fs.String("push-to", "", "binary cache to copy every built output to, with its closure (the server's cache: http://HOST:5000); needed when this builder has a Nix store of its own")
+	pushNetrc := fs.String("push-netrc", "", "Nix netrc-file with the cache's upload token (docs/caches.md)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -58,6 +60,8 @@ func runBuilder(ctx context.Context, args []string, stderr io.Writer, log *slog.
 		return fmt.Errorf("--name is empty and the host name is unknown: name this worker")
 	case *lease < 3*time.Second:
 		return fmt.Errorf("--lease %s: must be at least 3s", *lease)
+	case *pushNetrc != "" && *pushTo == "":
+		return fmt.Errorf("--push-netrc without --push-to: name the cache to push to")
 	}
 	abs, err := filepath.Abs(*dataDir)
 	if err != nil {
@@ -91,7 +95,7 @@ func runBuilder(ctx context.Context, args []string, stderr io.Writer, log *slog.
 		return err
 	}
 	runner, err := build.NewRunner(build.RunnerConfig{DataDir: abs, System: sys[0], HomeManagerFlake: *hmFlake,
-		GitTimeout: *gitTimeout, Nix: nix, DB: database, Logger: log})
+		GitTimeout: *gitTimeout, Nix: nix, DB: database, Logger: log, PushTo: *pushTo, PushNetrc: *pushNetrc})
 	if err != nil {
 		return err
 	}

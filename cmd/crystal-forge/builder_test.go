@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -287,5 +290,92 @@ func TestWebPageWorkersQueue(t *testing.T) {
 	}
 	if ex := b.Exceptions(); len(ex) > 0 {
 		t.Errorf("the page threw: %q", ex)
+	}
+}
+
+// TestBuildersOwnStores: two builders, each with a Nix store of its own as
+// on separate machines (Debian's Nix builds into a chroot store: `store =
+// DIR`, with the sandbox and `sandbox-paths`), build a flake for a server
+// on PostgreSQL, and push what they built to the server's cache with its
+// upload token. No output is in this machine's store; a Nix client with a
+// fresh store of its own copies every output that built from the server's
+// cache, trusting only the server's key, and finds what was built.
+func TestBuildersOwnStores(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	nonce := testsupport.Nonce()
+	flake := testsupport.Flake{System: config.DefaultSystem(), Nonce: nonce,
+		Packages: []testsupport.FlakePackage{
+			testsupport.GoodPackage("alpha", 0), testsupport.FailingPackage("bad"), testsupport.GoodPackage("zeta", 0),
+		},
+		Checks: []testsupport.FlakePackage{testsupport.GoodPackage("lint", 0)},
+	}
+	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": flake.Nix()})
+	dir := t.TempDir()
+	tokens, netrc := filepath.Join(dir, "tokens"), filepath.Join(dir, "netrc")
+	writeFile(t, tokens, "builders:s3cret-upload-token\n")
+	dsn := pgtest.NewDatabase(t)
+	s := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: "app", URL: src}},
+		Args:         []string{"--no-local-builder", "--db", dsn},
+		ExtraTOML:    "upload_token_file = " + strconv.Quote(tokens),
+	})
+	writeFile(t, netrc, "machine 127.0.0.1\nlogin builder\npassword s3cret-upload-token\n")
+	// A chroot store is built in with the sandbox: the builders' /bin/sh
+	// comes from sandbox-paths.
+	storeConfig := func(store string) string {
+		return "NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nstore = " + store +
+			"\nsandbox = true\nsandbox-paths = /bin /usr /lib /lib64"
+	}
+	for _, name := range []string{"b1", "b2"} {
+		testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: name, Lease: 3 * time.Second,
+			PushTo: s.CacheURL, PushNetrc: netrc, Env: []string{storeConfig(filepath.Join(dir, "store-"+name))}})
+	}
+
+	id := triggerProcess(t, s, "app")
+	b := testsupport.WaitBuildEnded(t, s, id, db.StatusFailed)
+	if want := "1 of 5 attributes failed: bad (package)"; b.Error != want {
+		t.Fatalf("build error = %q, want %q; log:\n%s", b.Error, want, s.Log(t, id))
+	}
+	var info struct {
+		PublicKey string `json:"public_key"`
+	}
+	s.GetJSON(t, "/info", &info)
+	client := filepath.Join(dir, "client-store")
+	pushed := 0
+	for _, r := range b.Results {
+		if r.Status != db.ResultSuccess || len(r.OutPaths) == 0 {
+			continue
+		}
+		out := r.OutPaths[0]
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%s: %s is in this machine's store (%v): the builders were to build in stores of their own", r.Attr, out, err)
+		}
+		cmd := exec.CommandContext(t.Context(), "nix", "copy", "--from", s.CacheURL, out)
+		cmd.Env = append(os.Environ(), "NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nstore = "+client+
+			"\ntrusted-public-keys = "+info.PublicKey+"\nrequire-sigs = true")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s: nix copy --from the server's cache of %s: %v\n%s", r.Attr, out, err, msg)
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(client, out))
+		name := strings.TrimPrefix(r.Attr, "checks.")
+		if err != nil || string(data) != name+" "+nonce+"\n" {
+			t.Errorf("%s copied from the cache holds %q (%v), want %q", r.Attr, data, err, name+" "+nonce+"\n")
+		}
+		pushed++
+	}
+	if pushed != 3 {
+		t.Errorf("%d outputs came from the cache, want alpha, zeta and checks.lint; results %+v", pushed, b.Results)
+	}
+	if log := s.Log(t, id); !strings.Contains(log, "Pushing 1 outputs of alpha to "+s.CacheURL) {
+		t.Errorf("the log does not say alpha was pushed:\n%s", log)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -41,6 +41,13 @@ type RunnerConfig struct {
 	// Notify, when set, is called when a build's job log has new lines in
 	// the database.
 	Notify func(buildID int64)
+	// PushTo, when set, is the binary cache every attribute's outputs are
+	// copied to (`nix copy --to`, with their closures) once built, with
+	// PushNetrc as Nix's netrc-file for the cache's upload token: a worker
+	// with a store of its own hands its outputs to the central cache this
+	// way. An attribute whose push fails is failed.
+	PushTo    string
+	PushNetrc string
 }
 
 // Runner runs the jobs of builds — the spec's build phases, split into an
@@ -464,12 +471,36 @@ func (jr *jobRun) homeManagerExpr() (string, error) {
 	return homeManagerExpr(jr.r.cfg.HomeManagerFlake, jr.repoDir, homeFile), nil
 }
 
-// buildAttr builds the job's attribute and records its result; what is
-// built must be the derivation the evaluation found.
+// buildAttr builds the job's attribute (and pushes its outputs) and
+// records its result; what is built must be the derivation the evaluation
+// found.
 func (jr *jobRun) buildAttr(ctx context.Context, outLink string, installable ...string) error {
 	return jr.attempt(ctx, jr.job.Attr, jr.job.AttrKind, func() (string, []string, error) {
-		return jr.nixBuild(ctx, outLink, jr.job.DrvPath, installable...)
+		drv, outs, err := jr.nixBuild(ctx, outLink, jr.job.DrvPath, installable...)
+		if err == nil {
+			err = jr.push(ctx, outs)
+		}
+		return drv, outs, err
 	})
+}
+
+// push copies built outputs, with their closures, to the central cache
+// when the runner has one.
+func (jr *jobRun) push(ctx context.Context, outs []string) error {
+	to := jr.r.cfg.PushTo
+	if to == "" || len(outs) == 0 {
+		return nil
+	}
+	jr.log.Line("Pushing %d outputs of %s to %s...", len(outs), jr.job.Attr, to)
+	args := []string{"copy", "--to", to}
+	if jr.r.cfg.PushNetrc != "" {
+		args = append(args, "--option", "netrc-file", jr.r.cfg.PushNetrc)
+	}
+	if err := jr.r.cfg.Nix.Run(ctx, jr.repoDir, jr.log, append(args, outs...)...); err != nil {
+		jr.log.Line("Error: built, but pushing to %s failed: %v", to, err)
+		return fmt.Errorf("built, but pushing to %s failed: %w", to, err)
+	}
+	return nil
 }
 
 // nixBuild runs nix build and returns the derivation and outputs built.
@@ -510,7 +541,7 @@ func (jr *jobRun) legacyBuild(ctx context.Context) error {
 				outs = append(outs, t)
 			}
 		}
-		return "", outs, nil
+		return "", outs, jr.push(ctx, outs)
 	})
 	if err != nil && ctx.Err() == nil {
 		lg.Line("Error: nix-build failed: %v", err)

@@ -19,8 +19,10 @@ type BuilderOptions struct {
 	Lease time.Duration
 	// DataDir is --data-dir; default a new temporary directory.
 	DataDir string
+	// PushTo and PushNetrc are --push-to and --push-netrc.
+	PushTo, PushNetrc string
 	// Env is added to the builder's environment ("KEY=value"), after the
-	// tests' offline NIX_CONFIG.
+	// tests' offline NIX_CONFIG (a NIX_CONFIG here replaces it).
 	Env []string
 }
 
@@ -46,6 +48,9 @@ func StartBuilder(t testing.TB, opts BuilderOptions) *Builder {
 	args := []string{"builder", "--db", opts.DB, "--name", opts.Name, "--jobs", fmt.Sprint(opts.Jobs), "--data-dir", opts.DataDir}
 	if opts.Lease > 0 {
 		args = append(args, "--lease", opts.Lease.String())
+	}
+	if opts.PushTo != "" {
+		args = append(args, "--push-to", opts.PushTo, "--push-netrc", opts.PushNetrc)
 	}
 	b := &Builder{Name: opts.Name, StderrFile: filepath.Join(t.TempDir(), "stderr"), done: make(chan struct{})}
 	stderr, err := os.Create(b.StderrFile)
