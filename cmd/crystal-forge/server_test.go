@@ -358,3 +358,35 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 		t.Errorf("build after the restart: %s, want success\nlog:\n%s", str(st.LastStatus), strings.Join(logLines(t, srv, name), "\n"))
 	}
 }
+
+// TestServerStopResumes stops a real server with SIGTERM in the middle of
+// a build: it exits 0 at once (its builder stopped, not waited for), and
+// the build, left running, is resumed by the next server and succeeds.
+func TestServerStopResumes(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	const name = "stoppy"
+	blocker, srv, _ := startBlockedServer(t, name)
+	id := trigger(t, srv, name)
+	builder := blocker.WaitStarted(t, srv, id)
+	if code := srv.Stop(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code after SIGTERM mid-build = %d, want 0\nstderr:\n%s", code, srv.Stderr())
+	}
+	testsupport.WaitUntil(t, "the stopped server's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
+	srv = testsupport.StartServerWithConfig(t, srv.Config)
+	if b := srv.Build(t, id); b.Status != db.StatusRunning {
+		t.Fatalf("build after the restart = %s (%s), want running again", b.Status, b.Error)
+	}
+	blocker.WaitStarted(t, srv, id)
+	blocker.Release(t)
+	testsupport.WaitBuildSucceeded(t, srv, id)
+	// The log holds both attempts: the one the stop ended (nix says it
+	// was interrupted) and the one that built.
+	log := srv.Log(t, id)
+	if strings.Contains(log, "Build interrupted") || strings.Count(log, "Building package slow...") != 2 || strings.Count(log, "Starting build for "+name) != 1 {
+		t.Errorf("log of the resumed build, want one start, two attempts of slow and no interruption of the build:\n%s", log)
+	}
+}
