@@ -134,3 +134,24 @@ func TestCreateBuildRace(t *testing.T) {
 		t.Errorf("%d builds created by concurrent triggers, want 1", createdN)
 	}
 }
+
+func TestRecordDelivery(t *testing.T) {
+	d := openTest(t)
+	ctx := context.Background()
+	at := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		provider, id string
+		at           time.Time
+		fresh        bool
+	}{
+		{"github", "d1", at, true},
+		{"github", "d1", at, false},                        // the same delivery again
+		{"gitea", "d1", at, true},                          // ids are per provider
+		{"github", "d1", at.Add(8 * 24 * time.Hour), true}, // forgotten after a week
+	} {
+		fresh, err := d.RecordDelivery(ctx, tc.provider, tc.id, "r", tc.at, 7*24*time.Hour)
+		if err != nil || fresh != tc.fresh {
+			t.Errorf("RecordDelivery(%s, %s, %v) = %v, %v; want %v", tc.provider, tc.id, tc.at, fresh, err, tc.fresh)
+		}
+	}
+}
