@@ -231,7 +231,7 @@ func TestHostCommands(t *testing.T) {
 	requireContains(t, "host show chesty", out, "Host:", "chesty (approved, online)", "Public key:", chesty.pub(),
 		"Current:", c.Leaf, "Desired:", ghost+" (verification-failed)",
 		"Not sent:", "is not built: it is not in this server's store",
-		"Audit:", "alice set-target", "alice add-host", "Heartbeats:", "Deployments:\n  none")
+		"Audit:", "loopback set-target", "loopback add-host", "Heartbeats:", "Deployments:\n  none")
 
 	// A failed deployment, then an approval.
 	dep := &fleetproto.DeploymentReport{Target: c.Middle, Previous: c.Leaf, Status: fleetproto.DeployRolledBack, Error: "unit failed",
@@ -281,36 +281,26 @@ func TestHostCommands(t *testing.T) {
 		t.Errorf("the auto target verified, yet: %q", row)
 	}
 	_, out, _ = cli(t, "host", "show", "chesty", S)
-	requireContains(t, "host show chesty", out, "Desired:", c.Top+" (policy:update)", "Derivation:", c.Derivers[c.Top], "alice set-policy")
+	requireContains(t, "host show chesty", out, "Desired:", c.Top+" (policy:update)", "Derivation:", c.Derivers[c.Top], "loopback set-policy")
 	if strings.Contains(out, "Not sent:") {
 		t.Errorf("host show still says the target was not sent:\n%s", out)
 	}
 
-	// Every change is in the audit log under $USER, from this client.
+	// Every change is in the audit log under the identity the server
+	// established (this client connects over loopback), never $USER.
 	log, err := client.New(srv.URL).Audit(t.Context(), "", 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var actions []string
 	for _, e := range log {
-		if e.Actor != "alice" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
-			t.Errorf("audit entry %+v: want actor alice from 127.0.0.1", e)
+		if e.Actor != "loopback" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
+			t.Errorf("audit entry %+v: want actor loopback from 127.0.0.1", e)
 		}
 		actions = append(actions, e.Action+" "+e.Host)
 	}
 	if got, want := strings.Join(actions, ", "), "set-policy chesty, approve newbie, set-target chesty, add-host pinny, add-host chesty"; got != want {
 		t.Errorf("audit log = %s, want %s", got, want)
-	}
-}
-
-func TestHostActorDefault(t *testing.T) {
-	t.Setenv("USER", "")
-	if a := client.New("http://x").Actor; a != "unknown" {
-		t.Errorf("actor without $USER = %q, want unknown", a)
-	}
-	t.Setenv("USER", "bob")
-	if a := client.New("http://x").Actor; a != "bob" {
-		t.Errorf("actor = %q, want $USER", a)
 	}
 }
 

@@ -10,8 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/build"
@@ -146,7 +148,12 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		EnableWebUI:   cfg.EnableWebUI,
 		CacheRunning:  cacheUp.Load,
 		WebhookSecret: cfg.WebhookSecret,
-		Logger:        log,
+		Auth: api.AuthConfig{
+			RequireAuthForRead: cfg.RequireAuthForRead,
+			DistrustLoopback:   !cfg.TrustLoopback,
+			AllowedHosts:       serverNames(ctx, cfg),
+		},
+		Logger: log,
 	})
 
 	var wg sync.WaitGroup
@@ -172,4 +179,22 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	stopBuilds()
 	orch.Wait()
 	return err
+}
+
+// serverNames are the names a request's Host may carry (against DNS
+// rebinding): the configured hostname, this machine's name and FQDN, and
+// allowed_hosts. localhost and IP addresses always pass.
+func serverNames(ctx context.Context, cfg *config.Config) []string {
+	names := []string{cfg.Hostname}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names = append(names, h)
+		// The FQDN, when the resolver knows one; a machine without DNS
+		// must not delay the start.
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if cname, err := net.DefaultResolver.LookupCNAME(lctx, h); err == nil && cname != "" {
+			names = append(names, strings.TrimSuffix(cname, "."))
+		}
+		cancel()
+	}
+	return append(names, cfg.AllowedHosts...)
 }

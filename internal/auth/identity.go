@@ -71,3 +71,17 @@ func FromContext(ctx context.Context) *Identity {
 	}
 	return &Identity{Kind: KindAnonymous}
 }
+
+// Peer is a tailnet peer as Tailscale's WhoIs describes it.
+type Peer struct {
+	Login string   // the user's login name; for a tagged node, Tailscale's placeholder
+	Node  string   // the node's name
+	Tags  []string // the node's ACL tags, "tag:ci"
+}
+
+// PeerResolver identifies connections that arrive over the tailnet.
+type PeerResolver interface {
+	// Peer returns the peer at remoteAddr, or nil (and no error) when
+	// remoteAddr is not a tailnet address.
+	Peer(ctx context.Context, remoteAddr string) (*Peer, error)
+}

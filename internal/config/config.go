@@ -64,6 +64,17 @@ type Config struct {
 	// Hosts are pre-registered fleet hosts, approved; the file is their
 	// source of truth (re-applied at every start).
 	Hosts []Host `toml:"hosts"`
+
+	// RequireAuthForRead makes reading the API and page need an identity
+	// (by default reading is open, as in the spec).
+	RequireAuthForRead bool `toml:"require_auth_for_read"`
+	// TrustLoopback makes connections from 127.0.0.1 and ::1 admin
+	// (default true; see docs/security.md for reverse proxies).
+	TrustLoopback bool `toml:"trust_loopback"`
+	// AllowedHosts are extra names the API's Host header may carry, beside
+	// localhost, IP addresses, hostname and this machine's names; "*" turns
+	// the DNS-rebinding check off.
+	AllowedHosts []string `toml:"allowed_hosts"`
 }
 
 // Host is a fleet host declared in the configuration.
@@ -112,6 +123,7 @@ func Default() Config {
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
 		FleetEnrolment:    "pending",
+		TrustLoopback:     true,
 	}
 }
 
@@ -256,6 +268,11 @@ func (c *Config) Validate() error {
 	case "pending", "closed":
 	default:
 		bad("fleet_enrolment", "%q: want pending or closed", c.FleetEnrolment)
+	}
+	for i, h := range c.AllowedHosts {
+		if h != "*" && (h == "" || strings.ContainsAny(h, " \t/:@")) {
+			bad(fmt.Sprintf("allowed_hosts[%d]", i), "%q is not a host name (no port, no scheme)", h)
+		}
 	}
 	seenHost := map[string]bool{}
 	for i, h := range c.Hosts {

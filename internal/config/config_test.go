@@ -30,6 +30,19 @@ func TestDefaults(t *testing.T) {
 	if c.KeyFile != "/var/lib/harmonia/cache-key" {
 		t.Errorf("KeyFile = %q", c.KeyFile)
 	}
+	if !c.TrustLoopback || c.RequireAuthForRead {
+		t.Errorf("auth defaults: trust_loopback %v, require_auth_for_read %v; want true, false", c.TrustLoopback, c.RequireAuthForRead)
+	}
+}
+
+func TestAuthSettings(t *testing.T) {
+	c, err := Load(write(t, "trust_loopback = false\nrequire_auth_for_read = true\nallowed_hosts = [\"forge.example.com\"]\n"), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TrustLoopback || !c.RequireAuthForRead || len(c.AllowedHosts) != 1 || c.AllowedHosts[0] != "forge.example.com" {
+		t.Errorf("auth settings not read: %+v", c)
+	}
 }
 
 func TestFileAndEnv(t *testing.T) {
@@ -86,6 +99,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"poll", `poll_interval = "10ms"`, nil, "poll_interval"},
 		{"duration", `build_timeout = "soon"`, nil, "build_timeout"},
 		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
+		{"allowed host with port", `allowed_hosts = ["forge:8000"]`, nil, "allowed_hosts[0]"},
+		{"allowed host url", `allowed_hosts = ["http://forge"]`, nil, "allowed_hosts[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -59,6 +59,9 @@ type BuildServerConfig struct {
 	DB *db.DB
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
+	// Auth is the API's access control; the zero value trusts loopback,
+	// which every test client is.
+	Auth api.AuthConfig
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
@@ -133,6 +136,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		CacheRunning:  cfg.CacheRunning,
 		WebhookSecret: cfg.WebhookSecret,
 		Fleet:         cfg.Fleet,
+		Auth:          cfg.Auth,
 		Logger:        logger,
 	}))
 	t.Cleanup(srv.Close)

@@ -21,8 +21,16 @@ const duration = (b) => {
 };
 const state = (repo) => (repo.latest_build ? repo.latest_build.status : "idle");
 
+// api is fetch with the server's requirements: JSON content type on
+// state-changing requests (its cross-site forgery protection).
+function api(url, opts = {}) {
+  const headers = { ...(opts.headers || {}) };
+  if (opts.method && opts.method !== "GET") headers["Content-Type"] = "application/json";
+  return fetch(url, { ...opts, headers });
+}
+
 async function getJSON(url, opts) {
-  const r = await fetch(url, opts);
+  const r = await api(url, opts);
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
 }
@@ -122,7 +130,7 @@ function selectBuild(repo, id) {
 
 $("#cancel-build").addEventListener("click", async () => {
   if (!selected) return;
-  await fetch(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
+  await api(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
 });
 
 $("#copy-key").addEventListener("click", async () => {
@@ -172,7 +180,7 @@ function hostRow(h) {
 let hostsSeq = 0;
 async function refreshHosts() {
   const seq = ++hostsSeq;
-  const r = await fetch("/api/v1/hosts");
+  const r = await api("/api/v1/hosts");
   if (r.status === 404) { $("#fleet").hidden = true; return; } // a server without a fleet
   if (!r.ok) throw new Error(`/api/v1/hosts: ${r.status}`);
   const hosts = await r.json();
@@ -194,7 +202,7 @@ function refreshHostsSoon() {
 async function approve(name, btn) {
   btn.disabled = true;
   try {
-    const r = await fetch(`/api/v1/hosts/${encodeURIComponent(name)}/approve`, { method: "POST", headers: { "X-Crystal-Forge-Actor": "web-page" } });
+    const r = await api(`/api/v1/hosts/${encodeURIComponent(name)}/approve`, { method: "POST" });
     if (!r.ok) throw new Error(`${r.status} ${(await r.json().catch(() => ({}))).detail || ""}`);
   } catch (e) { btn.disabled = false; alert(`Approve ${name} failed: ${e.message}`); }
   await refreshHosts().catch(console.warn);
