@@ -21,13 +21,103 @@ const duration = (b) => {
 };
 const state = (repo) => (repo.latest_build ? repo.latest_build.status : "idle");
 
-// api is fetch with the server's requirements: JSON content type on
-// state-changing requests (its cross-site forgery protection).
+// The visitor's API token, if they gave one: kept in this browser only,
+// sent as Bearer (docs/security.md).
+const TOKEN_KEY = "crystal-forge-token";
+const token = () => localStorage.getItem(TOKEN_KEY) || "";
+// can is what the visitor's role allows (GET /api/v1/whoami); the page
+// offers only those buttons.
+let can = { read: true, trigger: false, admin: false };
+
+function authHeaders(h = {}) {
+  const t = token();
+  return t ? { ...h, Authorization: `Bearer ${t}` } : h;
+}
+
+// api is fetch with the server's requirements: the token, and a JSON
+// content type on state-changing requests (its cross-site forgery
+// protection).
 function api(url, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
+  const headers = authHeaders({ ...(opts.headers || {}) });
   if (opts.method && opts.method !== "GET") headers["Content-Type"] = "application/json";
   return fetch(url, { ...opts, headers });
 }
+
+// stream reads a text/event-stream with fetch, because EventSource cannot
+// send the token. Like EventSource it reconnects (after 3 s) unless closed.
+function stream(url, { onopen, onerror, on }) {
+  const ctl = new AbortController();
+  let closed = false;
+  (async () => {
+    while (!closed) {
+      try {
+        const r = await fetch(url, { headers: authHeaders({ Accept: "text/event-stream" }), signal: ctl.signal });
+        if (r.status >= 400 && r.status < 500) {
+          // Refused (401, 403, 404): retrying will not help; EventSource
+          // gives up too.
+          if (onerror) onerror();
+          return;
+        }
+        if (!r.ok) throw new Error(`${url}: ${r.status}`);
+        if (onopen) onopen();
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "", ev = "message", data = [];
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          for (let i; (i = buf.indexOf("\n")) >= 0;) {
+            const line = buf.slice(0, i);
+            buf = buf.slice(i + 1);
+            if (line === "") {
+              if (data.length && on[ev] && !closed) on[ev]({ data: data.join("\n") });
+              ev = "message"; data = [];
+            } else if (line.startsWith("event: ")) ev = line.slice(7);
+            else if (line.startsWith("data: ")) data.push(line.slice(6));
+            else if (line === "data:") data.push("");
+          }
+        }
+      } catch (e) { if (closed) return; }
+      if (closed) return;
+      if (onerror) onerror();
+      await new Promise((res) => setTimeout(res, 3000));
+    }
+  })();
+  return { close() { closed = true; ctl.abort(); } };
+}
+
+async function whoami() {
+  const r = await api("/api/v1/whoami");
+  const w = await r.json();
+  const err = $("#token-error");
+  if (!r.ok) {
+    // A bad, expired or revoked token: say so and carry on without it.
+    err.textContent = `Token refused: ${w.detail || r.status}`;
+    err.hidden = false;
+    localStorage.removeItem(TOKEN_KEY);
+    return whoami();
+  }
+  can = w.can;
+  $("#whoami").textContent = w.identity;
+  $("#whoami-role").textContent = w.kind === "anonymous" ? (can.read ? "(read only)" : "(a token is needed to read)") : `(role ${w.role})`;
+  $("#token-forget").hidden = !token();
+  document.body.classList.toggle("can-trigger", can.trigger);
+  document.body.classList.toggle("can-admin", can.admin);
+}
+
+$("#token-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const v = $("#token-input").value.trim();
+  if (!v) return;
+  localStorage.setItem(TOKEN_KEY, v);
+  $("#token-input").value = "";
+  $("#token-error").hidden = true;
+  await start();
+});
+$("#token-forget").addEventListener("click", async () => {
+  localStorage.removeItem(TOKEN_KEY);
+  await start();
+});
 
 async function getJSON(url, opts) {
   const r = await api(url, opts);
@@ -49,11 +139,11 @@ function card(repo) {
       el("dt", {}, "Started"), el("dd", { class: "started" }, fmtTime(b && b.started_at)),
       el("dt", {}, "Finished"), el("dd", { class: "finished" }, fmtTime(b && b.finished_at)),
       el("dt", {}, "Duration"), el("dd", { class: "duration" }, duration(b))),
-    el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build"),
+    can.trigger ? el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build") : "",
     " ",
     b ? el("button", { class: "secondary show-log", type: "button", onclick: () => selectBuild(repo.name, b.id) }, "Show log") : "",
     el("ul", { class: "history" }));
-  if (b && (b.status === "running" || b.status === "queued")) $(".trigger", c).disabled = true;
+  if (can.trigger && b && (b.status === "running" || b.status === "queued")) $(".trigger", c).disabled = true;
   loadHistory(repo.name, $(".history", c));
   return c;
 }
@@ -101,7 +191,7 @@ async function showBuild(id) {
     el("span", { class: `status ${b.status}`, id: "build-status" }, b.status), " ",
     `commit ${b.short_commit || "—"} · ${b.reason} · started ${fmtTime(b.started_at)} · ${duration(b)}`,
     b.error ? el("span", { class: "error" }, ` · ${b.error}`) : "");
-  $("#cancel-build").hidden = !(b.status === "running" || b.status === "queued");
+  $("#cancel-build").hidden = !can.trigger || !(b.status === "running" || b.status === "queued");
   $("#results").replaceChildren(...b.results.map((r) => el("tr", { "data-attr": r.attr },
     el("td", {}, r.attr), el("td", {}, r.kind), el("td", { class: r.status }, r.status),
     el("td", {}, ...r.out_paths.map((p) => el("div", {}, el("code", {}, p)))))));
@@ -116,16 +206,20 @@ function selectBuild(repo, id) {
   log.textContent = "";
   if (logSource) logSource.close();
   // The log streams line by line while the build runs; "end" closes it.
-  logSource = new EventSource(`/api/v1/builds/${id}/log?follow=1`);
-  // Every connection streams the log from its start, so when the browser
-  // reconnects (the server restarted) start over instead of appending it twice.
-  logSource.onopen = () => { log.textContent = ""; };
-  logSource.addEventListener("line", (e) => {
-    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.append(e.data + "\n");
-    if (atBottom) log.scrollTop = log.scrollHeight;
+  // Every connection streams the log from its start, so when it reconnects
+  // (the server restarted) start over instead of appending it twice.
+  const src = stream(`/api/v1/builds/${id}/log?follow=1`, {
+    onopen: () => { log.textContent = ""; },
+    on: {
+      line: (e) => {
+        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.append(e.data + "\n");
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      },
+      end: () => { src.close(); if (logSource === src) logSource = null; showBuild(id).catch(console.warn); },
+    },
   });
-  logSource.addEventListener("end", () => { logSource.close(); logSource = null; showBuild(id).catch(console.warn); });
+  logSource = src;
 }
 
 $("#cancel-build").addEventListener("click", async () => {
@@ -155,7 +249,7 @@ const policyText = (h) => (h.policy === "auto" ? `auto (${h.repository}#${h.conf
 
 function hostRow(h) {
   const status = el("td", { class: "status" }, el("span", { class: `status ${h.status}` }, h.status));
-  if (h.status === "pending") {
+  if (h.status === "pending" && can.admin) {
     status.append(" ", el("button", { class: "approve", type: "button", onclick: (e) => approve(h.name, e.currentTarget) }, "Approve"));
   }
   const desired = pathCell("desired", h.desired);
@@ -208,19 +302,38 @@ async function approve(name, btn) {
   await refreshHosts().catch(console.warn);
 }
 
+let events = null;
 function connect() {
-  const es = new EventSource("/api/v1/events");
-  es.onopen = () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); };
-  es.onerror = () => { document.body.classList.remove("connected"); $("#live-text").textContent = "reconnecting…"; };
-  es.addEventListener("build", (e) => {
-    const ev = JSON.parse(e.data);
-    refreshRepo(ev.repository).catch(console.warn);
-    refreshHostsSoon();
-    if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
+  if (events) events.close();
+  events = stream("/api/v1/events", {
+    onopen: () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); },
+    onerror: () => { document.body.classList.remove("connected"); $("#live-text").textContent = "reconnecting…"; },
+    on: {
+      build: (e) => {
+        const ev = JSON.parse(e.data);
+        refreshRepo(ev.repository).catch(console.warn);
+        refreshHostsSoon();
+        if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
+      },
+    },
   });
 }
 
-refreshAll().catch(console.warn);
-refreshHosts().catch(console.warn);
-setInterval(() => refreshHosts().catch(console.warn), 10000);
-connect();
+// start (again, after the token changed): who is this, then everything
+// drawn for that role.
+async function start() {
+  await whoami().catch(console.warn);
+  if (!can.read) {
+    $("#repositories").replaceChildren(el("p", { class: "empty" }, "Reading needs a token on this server: enter one above."));
+    $("#fleet").hidden = true;
+    if (events) { events.close(); events = null; }
+    return;
+  }
+  if (selected) selectBuild(selected.repo, selected.id);
+  refreshAll().catch(console.warn);
+  refreshHosts().catch(console.warn);
+  connect();
+}
+
+start();
+setInterval(() => { if (can.read) refreshHosts().catch(console.warn); }, 10000);
