@@ -28,6 +28,9 @@ commands:
   set-target NAME STOREPATH        deploy STOREPATH to the host (policy becomes manual)
   set-policy NAME manual|pinned|auto [--target STOREPATH] [--repo REPO] [--config NAME]
                                    change what decides the host's target
+  remove NAME                      delete the host and its history (the audit log keeps it)
+  rekey NAME --key KEY             give the host a new agent key, approved (a reinstall,
+                                   a leaked key, or a name an impostor enrolled first)
 `
 
 // hostsNow is the clock the fleet commands show ages with (tests fix it).
@@ -75,6 +78,10 @@ func runHost(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return runHostSetTarget(ctx, rest, stdout, stderr)
 	case "set-policy":
 		return runHostSetPolicy(ctx, rest, stdout, stderr)
+	case "remove":
+		return runHostRemove(ctx, rest, stdout, stderr)
+	case "rekey":
+		return runHostRekey(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, hostUsage)
 		return nil
@@ -186,6 +193,37 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: policy %s\n", pos[0], describeHostPolicy(pos[0], p, true))
+	return nil
+}
+
+func runHostRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, api := hostFlags("remove", stderr)
+	pos, err := hostPositional(fs, args, 1, "remove [--server URL] NAME", stderr)
+	if err != nil {
+		return err
+	}
+	if err := api.client().RemoveHost(ctx, pos[0]); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: removed\n", pos[0])
+	return nil
+}
+
+func runHostRekey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, api := hostFlags("rekey", stderr)
+	key := fs.String("key", "", "the agent's new public key, name:base64 (required)")
+	pos, err := hostPositional(fs, args, 1, "rekey [--server URL] NAME --key KEY", stderr)
+	if err != nil {
+		return err
+	}
+	if *key == "" {
+		fmt.Fprintln(stderr, "host rekey: --key is required (the agent prints its public key)")
+		return errUsage
+	}
+	if err := api.client().RekeyHost(ctx, pos[0], *key); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: new key %s, approved\n", pos[0], *key)
 	return nil
 }
 

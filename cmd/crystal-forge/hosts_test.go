@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -320,5 +321,36 @@ func TestShortStorePath(t *testing.T) {
 		if got := agoString(d); got != want {
 			t.Errorf("agoString(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+// `host rekey` and `host remove` recover a name an impostor enrolled.
+func TestHostRekeyRemove(t *testing.T) {
+	srv, d := startFleetAPI(t)
+	S := "--server=" + srv.URL
+	impostor, real := newFleetTestAgent(t, "h2"), newFleetTestAgent(t, "h2")
+	if code, out := impostor.beat(t, srv.URL, "", nil); code != http.StatusForbidden {
+		t.Fatalf("impostor enrolment = %d %s", code, out)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", S); code != 2 || !strings.Contains(errOut, "--key is required") {
+		t.Fatalf("rekey without --key = %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", "--key", "nonsense", S); code != 1 || !strings.Contains(errOut, "400") {
+		t.Fatalf("rekey with a bad key = %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", "--key", real.pub(), S); code != 0 || !strings.Contains(out, "approved") {
+		t.Fatalf("rekey = %d %q %q", code, out, errOut)
+	}
+	if code, out := real.beat(t, srv.URL, "", nil); code != http.StatusOK {
+		t.Fatalf("the real host after rekey = %d %s", code, out)
+	}
+	if code, out, errOut := cli(t, "host", "remove", "h2", S); code != 0 || out != "h2: removed\n" {
+		t.Fatalf("remove = %d %q %q", code, out, errOut)
+	}
+	if _, err := d.Host(t.Context(), "h2"); !errors.Is(err, db.ErrNotFound) {
+		t.Fatalf("host after remove: %v", err)
+	}
+	if code, _, errOut := cli(t, "host", "remove", "h2", S); code != 1 || !strings.Contains(errOut, "404") {
+		t.Fatalf("remove twice = %d %q", code, errOut)
 	}
 }

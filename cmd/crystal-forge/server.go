@@ -127,6 +127,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Store:        st,
 		Key:          key.Key,
 		Enrolment:    cfg.FleetEnrolment,
+		MaxPending:   cfg.MaxPendingHosts,
+		EnrolPerHour: cfg.EnrolmentsPerHour,
 		Repositories: orch.Repositories(),
 		Logger:       log,
 	})

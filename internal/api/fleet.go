@@ -20,6 +20,8 @@ func (s *Server) registerFleet() {
 	s.handle("POST /api/v1/hosts/{host}/approve", accessAdmin, s.approveHost)
 	s.handle("POST /api/v1/hosts/{host}/target", accessAdmin, s.setTarget)
 	s.handle("POST /api/v1/hosts/{host}/policy", accessAdmin, s.setPolicy)
+	s.handle("DELETE /api/v1/hosts/{host}", accessAdmin, s.removeHost)
+	s.handle("POST /api/v1/hosts/{host}/key", accessAdmin, s.rekeyHost)
 	s.handle("GET /api/v1/audit", accessRead, s.auditLog)
 }
 
@@ -218,4 +220,34 @@ func (s *Server) auditLog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, entries)
+}
+
+func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
+	h := s.hostParam(w, r)
+	if h == nil {
+		return
+	}
+	if err := s.cfg.Fleet.RemoveHost(r.Context(), s.actor(r), h.Name); err != nil {
+		s.fleetError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "removed", "host": h.Name})
+}
+
+func (s *Server) rekeyHost(w http.ResponseWriter, r *http.Request) {
+	h := s.hostParam(w, r)
+	if h == nil {
+		return
+	}
+	var req struct {
+		PublicKey string `json:"public_key"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := s.cfg.Fleet.Rekey(r.Context(), s.actor(r), h.Name, req.PublicKey); err != nil {
+		s.fleetError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": db.HostApproved, "host": h.Name})
 }

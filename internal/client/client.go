@@ -204,6 +204,16 @@ func (c *Client) ApproveHost(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/approve", nil)
 }
 
+// RemoveHost deletes a host and its history.
+func (c *Client) RemoveHost(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/hosts/"+url.PathEscape(name), nil)
+}
+
+// RekeyHost gives a host a new agent key (approved).
+func (c *Client) RekeyHost(ctx context.Context, name, publicKey string) error {
+	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/key", map[string]string{"public_key": publicKey}, nil)
+}
+
 // SetTarget gives a host a manual target (its policy becomes manual).
 func (c *Client) SetTarget(ctx context.Context, name, target string) error {
 	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/target", map[string]string{"target": target}, nil)

@@ -61,6 +61,10 @@ type Config struct {
 	// FleetEnrolment is what happens when an unknown host heartbeats:
 	// "pending" (recorded, awaiting an admin's approval) or "closed".
 	FleetEnrolment string `toml:"fleet_enrolment"`
+	// MaxPendingHosts caps hosts awaiting approval; EnrolmentsPerHour
+	// bounds first contacts per source address.
+	MaxPendingHosts   int `toml:"max_pending_hosts"`
+	EnrolmentsPerHour int `toml:"enrolments_per_hour"`
 	// Hosts are pre-registered fleet hosts, approved; the file is their
 	// source of truth (re-applied at every start).
 	Hosts []Host `toml:"hosts"`
@@ -123,6 +127,8 @@ func Default() Config {
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
 		FleetEnrolment:    "pending",
+		MaxPendingHosts:   100,
+		EnrolmentsPerHour: 10,
 		TrustLoopback:     true,
 	}
 }
@@ -268,6 +274,12 @@ func (c *Config) Validate() error {
 	case "pending", "closed":
 	default:
 		bad("fleet_enrolment", "%q: want pending or closed", c.FleetEnrolment)
+	}
+	if c.MaxPendingHosts < 1 {
+		bad("max_pending_hosts", "%d: must be at least 1 (use fleet_enrolment = \"closed\" to refuse unknown hosts)", c.MaxPendingHosts)
+	}
+	if c.EnrolmentsPerHour < 1 {
+		bad("enrolments_per_hour", "%d: must be at least 1", c.EnrolmentsPerHour)
 	}
 	for i, h := range c.AllowedHosts {
 		if h != "*" && (h == "" || strings.ContainsAny(h, " \t/:@")) {

@@ -99,6 +99,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"poll", `poll_interval = "10ms"`, nil, "poll_interval"},
 		{"duration", `build_timeout = "soon"`, nil, "build_timeout"},
 		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
+		{"pending cap", `max_pending_hosts = 0`, nil, "max_pending_hosts"},
+		{"enrol rate", `enrolments_per_hour = -1`, nil, "enrolments_per_hour"},
 		{"allowed host with port", `allowed_hosts = ["forge:8000"]`, nil, "allowed_hosts[0]"},
 		{"allowed host url", `allowed_hosts = ["http://forge"]`, nil, "allowed_hosts[0]"},
 	}
