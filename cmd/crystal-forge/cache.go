@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/connlimit"
 	"github.com/crystal-forge/crystal-forge/internal/http1"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
@@ -96,10 +97,14 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	return serve(ctx, log, "cache", *listen, cacheServer(log, srv), serveHooks{})
 }
 
-// serveHooks are optional callbacks around a server's life.
+// serveHooks are optional callbacks around a server's life, and its
+// listener's bound.
 type serveHooks struct {
 	listening func() // the socket is bound
 	stopped   func() // the server no longer serves
+	// perClient bounds the connections one client address may hold open
+	// (0: unbounded).
+	perClient int
 }
 
 // httpServer is what serve runs: net/http's server, or http1's for the
@@ -111,8 +116,17 @@ type httpServer interface {
 
 // stdServer is net/http's server for h, for everything but the cache.
 // onShutdown, when set, is called as shutdown begins (to end streams).
+// Idle keep-alive connections close after a minute, headers must arrive
+// within 10 s and bodies within 30 s; no ReadTimeout or WriteTimeout,
+// which would cut the long-lived event and log streams.
 func stdServer(log *slog.Logger, h http.Handler, onShutdown func()) *http.Server {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{
+		Handler:           connlimit.BodyDeadline(h, 30*time.Second),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 	if onShutdown != nil {
 		hs.RegisterOnShutdown(onShutdown)
 	}
@@ -131,6 +145,7 @@ func serve(ctx context.Context, log *slog.Logger, name, addr string, hs httpServ
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
 	}
+	ln = connlimit.New(ln, hooks.perClient, log.With("service", name))
 	if hooks.listening != nil {
 		hooks.listening()
 	}

@@ -164,11 +164,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	defer stopServers()
 	wg.Go(func() {
 		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv),
-			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }})
+			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }, perClient: cfg.MaxConnectionsPerClient})
 	})
 	wg.Go(func() {
 		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)),
-			stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
+			stdServer(log, apiSrv, apiSrv.Close), serveHooks{perClient: cfg.MaxConnectionsPerClient})
 	})
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc

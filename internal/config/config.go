@@ -79,6 +79,9 @@ type Config struct {
 	// localhost, IP addresses, hostname and this machine's names; "*" turns
 	// the DNS-rebinding check off.
 	AllowedHosts []string `toml:"allowed_hosts"`
+	// MaxConnectionsPerClient bounds the connections one address may hold
+	// open on the API and cache ports; 0 is unbounded.
+	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
 }
 
 // Host is a fleet host declared in the configuration.
@@ -130,6 +133,8 @@ func Default() Config {
 		MaxPendingHosts:   100,
 		EnrolmentsPerHour: 10,
 		TrustLoopback:     true,
+		// Nix opens up to 25 connections to a substituter (http-connections).
+		MaxConnectionsPerClient: 64,
 	}
 }
 
@@ -280,6 +285,9 @@ func (c *Config) Validate() error {
 	}
 	if c.EnrolmentsPerHour < 1 {
 		bad("enrolments_per_hour", "%d: must be at least 1", c.EnrolmentsPerHour)
+	}
+	if c.MaxConnectionsPerClient < 0 {
+		bad("max_connections_per_client", "%d: want 0 (unbounded) or more", c.MaxConnectionsPerClient)
 	}
 	for i, h := range c.AllowedHosts {
 		if h != "*" && (h == "" || strings.ContainsAny(h, " \t/:@")) {
