@@ -105,6 +105,9 @@ type serveHooks struct {
 	// perClient bounds the connections one client address may hold open
 	// (0: unbounded).
 	perClient int
+	// listener, when set, is served instead of listening on addr (the
+	// tailnet's).
+	listener net.Listener
 }
 
 // httpServer is what serve runs: net/http's server, or http1's for the
@@ -141,9 +144,12 @@ func cacheServer(log *slog.Logger, h http.Handler) *http1.Server {
 
 // serve runs hs on addr until ctx ends, then drains for up to 10 seconds.
 func serve(ctx context.Context, log *slog.Logger, name, addr string, hs httpServer, hooks serveHooks) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+	ln := hooks.listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+		}
 	}
 	ln = connlimit.New(ln, hooks.perClient, log.With("service", name))
 	if hooks.listening != nil {

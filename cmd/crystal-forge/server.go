@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
+	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -24,6 +26,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/tailnet"
 )
 
 // runServer is the all-in-one server: key init, binary cache, build
@@ -142,40 +145,95 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 	}
 
+	info := api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()}
+	authCfg := api.AuthConfig{
+		RequireAuthForRead: cfg.RequireAuthForRead,
+		DistrustLoopback:   !cfg.TrustLoopback,
+		AllowedHosts:       serverNames(ctx, cfg),
+	}
+	for _, a := range cfg.ACL {
+		role, err := auth.ParseRole(a.Role)
+		if err != nil {
+			return fmt.Errorf("config: acl %s: %w", a.Match, err)
+		}
+		authCfg.ACL = append(authCfg.ACL, auth.ACLEntry{Match: a.Match, Role: role})
+	}
+	var resolvers []auth.PeerResolver
+	var node *tailnet.Node
+	if cfg.Tailscale.Enable {
+		if node, err = startTailnet(ctx, cfg, log); err != nil {
+			return err
+		}
+		defer node.Close()
+		resolvers = append(resolvers, node.Resolver())
+		if node.DNSName != "" {
+			// Clients on the tailnet reach the cache by its MagicDNS name.
+			info.CacheURL = fmt.Sprintf("http://%s:%d", node.DNSName, cfg.CachePort)
+			short, _, _ := strings.Cut(node.DNSName, ".")
+			authCfg.AllowedHosts = append(authCfg.AllowedHosts, node.DNSName, short)
+		}
+	}
+	if cfg.Tailscale.UseTailscaled {
+		resolvers = append(resolvers, tailnet.SystemTailscaled())
+	}
+	authCfg.Tailnet = tailnet.First(resolvers...)
+
 	var cacheUp atomic.Bool
 	apiSrv := api.New(api.Config{
-		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()},
+		Info:          info,
 		Orchestrator:  orch,
 		Fleet:         fleetSvc,
 		EnableWebUI:   cfg.EnableWebUI,
 		CacheRunning:  cacheUp.Load,
 		WebhookSecret: cfg.WebhookSecret,
-		Auth: api.AuthConfig{
-			RequireAuthForRead: cfg.RequireAuthForRead,
-			DistrustLoopback:   !cfg.TrustLoopback,
-			AllowedHosts:       serverNames(ctx, cfg),
-		},
-		Logger: log,
+		Auth:          authCfg,
+		Logger:        log,
 	})
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
-	wg.Go(func() {
-		errc <- serve(srvCtx, log, "cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv),
-			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }, perClient: cfg.MaxConnectionsPerClient})
-	})
-	wg.Go(func() {
-		errc <- serve(srvCtx, log, "api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)),
-			stdServer(log, apiSrv, apiSrv.Close), serveHooks{perClient: cfg.MaxConnectionsPerClient})
-	})
+	servers := 0
+	start := func(name, addr string, hs httpServer, hooks serveHooks) {
+		servers++
+		hooks.perClient = cfg.MaxConnectionsPerClient
+		wg.Go(func() { errc <- serve(srvCtx, log, name, addr, hs, hooks) })
+	}
+	cacheHooks := serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }}
+	if !cfg.Tailscale.TailnetOnly {
+		start("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv), cacheHooks)
+		cacheHooks = serveHooks{}
+		start("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
+	}
+	if node != nil {
+		for _, l := range []struct {
+			name string
+			port int
+			hs   httpServer
+			h    serveHooks
+		}{
+			{"cache (tailnet)", cfg.CachePort, cacheServer(log, cacheSrv), cacheHooks},
+			{"api (tailnet)", cfg.APIPort, tailnetAPIServer(log, apiSrv), serveHooks{}},
+		} {
+			ln, err := node.Listen(":" + strconv.Itoa(l.port))
+			if err != nil {
+				stopServers()
+				wg.Wait()
+				return fmt.Errorf("%s: listen on the tailnet: %w", l.name, err)
+			}
+			l.h.listener = ln
+			start(l.name, node.DNSName+":"+strconv.Itoa(l.port), l.hs, l.h)
+		}
+	}
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc
 	stopServers()
 	wg.Wait()
-	if e := <-errc; err == nil {
-		err = e
+	for range servers - 1 {
+		if e := <-errc; err == nil {
+			err = e
+		}
 	}
 	// Running builds are interrupted and record it before we exit.
 	stopBuilds()
@@ -199,4 +257,37 @@ func serverNames(ctx context.Context, cfg *config.Config) []string {
 		cancel()
 	}
 	return append(names, cfg.AllowedHosts...)
+}
+
+// startTailnet joins the tailnet as the [tailscale] section says.
+func startTailnet(ctx context.Context, cfg *config.Config, log *slog.Logger) (*tailnet.Node, error) {
+	t := cfg.Tailscale
+	authKey := os.Getenv("TS_AUTHKEY")
+	if t.AuthKeyFile != "" {
+		b, err := os.ReadFile(t.AuthKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tailscale auth key: %w", err)
+		}
+		authKey = strings.TrimSpace(string(b))
+	}
+	hostname := t.Hostname
+	if hostname == "" {
+		hostname = cfg.Hostname
+	}
+	stateDir := t.StateDir
+	if stateDir == "" {
+		stateDir = filepath.Join(cfg.DataDir, "tailscale")
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("tailscale state directory: %w", err)
+	}
+	return tailnet.Start(ctx, tailnet.Config{Hostname: hostname, AuthKey: authKey, StateDir: stateDir, ControlURL: t.ControlURL, Logger: log})
+}
+
+// tailnetAPIServer serves the API on the tailnet listener, marking its
+// requests so the node's WhoIs identifies them.
+func tailnetAPIServer(log *slog.Logger, a *api.Server) *http.Server {
+	hs := stdServer(log, a, a.Close)
+	hs.ConnContext = tailnet.MarkConn
+	return hs
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -28,6 +29,16 @@ type Info struct {
 	APIPort   int
 	CachePort int
 	PublicKey string
+	// CacheURL, when set, is the cache's URL in /info and on the page
+	// (the tailnet's MagicDNS name); default http://<Hostname>:<CachePort>.
+	CacheURL string
+}
+
+func (i Info) cacheURL() string {
+	if i.CacheURL != "" {
+		return i.CacheURL
+	}
+	return fmt.Sprintf("http://%s:%d", i.Hostname, i.CachePort)
 }
 
 // Config configures the API.

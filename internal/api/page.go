@@ -22,7 +22,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		Hostname:  i.Hostname,
 		APIPort:   i.APIPort,
 		CachePort: i.CachePort,
-		CacheURL:  fmt.Sprintf("http://%s:%d", i.Hostname, i.CachePort),
+		CacheURL:  i.cacheURL(),
 		PublicKey: i.PublicKey,
 	})
 	if err != nil {

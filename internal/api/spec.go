@@ -2,7 +2,6 @@ package api
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/crystal-forge/crystal-forge/internal/build"
@@ -14,7 +13,7 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) {
 		"hostname":     i.Hostname,
 		"api_port":     i.APIPort,
 		"cache_port":   i.CachePort,
-		"cache_url":    fmt.Sprintf("http://%s:%d", i.Hostname, i.CachePort),
+		"cache_url":    i.cacheURL(),
 		"public_key":   i.PublicKey,
 		"repositories": s.repoNames(),
 	})

@@ -82,6 +82,39 @@ type Config struct {
 	// MaxConnectionsPerClient bounds the connections one address may hold
 	// open on the API and cache ports; 0 is unbounded.
 	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
+
+	// Tailscale puts the server on a tailnet (docs/security.md).
+	Tailscale Tailscale `toml:"tailscale"`
+	// ACL maps tailnet logins and tags to roles.
+	ACL []ACL `toml:"acl"`
+}
+
+// Tailscale is the [tailscale] section.
+type Tailscale struct {
+	// Enable joins the tailnet as a node of its own (tsnet) and serves the
+	// API and the cache on it.
+	Enable bool `toml:"enable"`
+	// Hostname is the node's name (default: hostname).
+	Hostname string `toml:"hostname"`
+	// AuthKeyFile holds an auth key (default: $TS_AUTHKEY; none needed
+	// once the state is saved).
+	AuthKeyFile string `toml:"auth_key_file"`
+	// StateDir keeps the node's identity (default: <data_dir>/tailscale).
+	StateDir string `toml:"state_dir"`
+	// ControlURL is the coordination server (default Tailscale's; set it
+	// for Headscale).
+	ControlURL string `toml:"control_url"`
+	// TailnetOnly listens on the tailnet and nowhere else.
+	TailnetOnly bool `toml:"tailnet_only"`
+	// UseTailscaled identifies peers that arrive on a system tailscaled's
+	// addresses with its LocalAPI WhoIs.
+	UseTailscaled bool `toml:"use_tailscaled"`
+}
+
+// ACL is one [[acl]] entry: who (a login, "tag:NAME" or "*") gets a role.
+type ACL struct {
+	Match string `toml:"match"`
+	Role  string `toml:"role"`
 }
 
 // Host is a fleet host declared in the configuration.
@@ -288,6 +321,26 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnectionsPerClient < 0 {
 		bad("max_connections_per_client", "%d: want 0 (unbounded) or more", c.MaxConnectionsPerClient)
+	}
+	if c.Tailscale.TailnetOnly && !c.Tailscale.Enable {
+		bad("tailscale.tailnet_only", "needs tailscale.enable = true (else nothing would listen)")
+	}
+	if c.Tailscale.Hostname != "" && !hostRE.MatchString(c.Tailscale.Hostname) {
+		bad("tailscale.hostname", "%q is not a host name", c.Tailscale.Hostname)
+	}
+	if u := c.Tailscale.ControlURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+		bad("tailscale.control_url", "%q: want an http(s) URL", u)
+	}
+	for i, a := range c.ACL {
+		key := fmt.Sprintf("acl[%d]", i)
+		if a.Match == "" || strings.ContainsAny(a.Match, " \t") {
+			bad(key+".match", "%q: want a login (alice@example.com), a tag (tag:ci) or \"*\"", a.Match)
+		}
+		switch a.Role {
+		case "read", "trigger", "admin":
+		default:
+			bad(key+".role", "%q: want read, trigger or admin", a.Role)
+		}
 	}
 	for i, h := range c.AllowedHosts {
 		if h != "*" && (h == "" || strings.ContainsAny(h, " \t/:@")) {

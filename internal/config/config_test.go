@@ -35,6 +35,30 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+func TestTailscaleSettings(t *testing.T) {
+	c, err := Load(write(t, `
+[tailscale]
+enable = true
+hostname = "forge"
+control_url = "https://headscale.example.com"
+tailnet_only = true
+
+[[acl]]
+match = "alice@example.com"
+role = "admin"
+
+[[acl]]
+match = "tag:ci"
+role = "trigger"
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Tailscale.Enable || c.Tailscale.Hostname != "forge" || !c.Tailscale.TailnetOnly || len(c.ACL) != 2 || c.ACL[1].Match != "tag:ci" || c.ACL[1].Role != "trigger" {
+		t.Errorf("tailscale settings not read: %+v %+v", c.Tailscale, c.ACL)
+	}
+}
+
 func TestAuthSettings(t *testing.T) {
 	c, err := Load(write(t, "trust_loopback = false\nrequire_auth_for_read = true\nallowed_hosts = [\"forge.example.com\"]\n"), env(nil))
 	if err != nil {
@@ -101,6 +125,10 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
 		{"pending cap", `max_pending_hosts = 0`, nil, "max_pending_hosts"},
 		{"enrol rate", `enrolments_per_hour = -1`, nil, "enrolments_per_hour"},
+		{"tailnet only without tailscale", "[tailscale]\ntailnet_only = true", nil, "tailscale.tailnet_only"},
+		{"acl role", "[[acl]]\nmatch = \"*\"\nrole = \"root\"", nil, "acl[0].role"},
+		{"acl match", "[[acl]]\nmatch = \"\"\nrole = \"read\"", nil, "acl[0].match"},
+		{"control url", "[tailscale]\nenable = true\ncontrol_url = \"headscale:8080\"", nil, "tailscale.control_url"},
 		{"allowed host with port", `allowed_hosts = ["forge:8000"]`, nil, "allowed_hosts[0]"},
 		{"allowed host url", `allowed_hosts = ["http://forge"]`, nil, "allowed_hosts[0]"},
 	}
