@@ -257,5 +257,5 @@ func truncate(s string, n int) string {
 // identity is the request's identity (set by guard).
 func identity(r *http.Request) *auth.Identity { return auth.FromContext(r.Context()) }
 
-// logAttrs names who did something, for log lines.
+// who names who did something, for log lines.
 func who(r *http.Request) slog.Attr { return slog.String("identity", identity(r).String()) }
