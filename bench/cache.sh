@@ -41,8 +41,9 @@ COPY_ROUNDS=${BENCH_COPY_ROUNDS:-5}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-120}
 BIN=$ROOT/bin/crystal-forge
 
-# Nix must never wait on the network: no substituters, flakes CLI on.
-export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters ='
+# Nix must never wait on the network: no substituters, flakes CLI on; no
+# sandbox, since the paths are built by the host's /bin/sh.
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nsandbox = false'
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -16,9 +16,14 @@
 set -euo pipefail
 
 users=${NIX_BUILD_USERS:-16}
+# NIX_FIRST_BUILD_UID: give the group this gid and the users the uids after
+# it, instead of letting groupadd/useradd pick free system ids. Nix kills
+# every process of a build user before it uses it, so two Nix installations
+# that share a kernel (a container and its host) must not share build uids.
+first=${NIX_FIRST_BUILD_UID:-}
 
 if [ "$(id -u)" -ne 0 ]; then
-	exec sudo --preserve-env=NIX_BUILD_USERS "$0" "$@"
+	exec sudo --preserve-env=NIX_BUILD_USERS,NIX_FIRST_BUILD_UID "$0" "$@"
 fi
 if ! command -v nix-store >/dev/null; then
 	echo "setup-nix: nix-store is not installed (apt-get install nix-bin)" >&2
@@ -26,13 +31,13 @@ if ! command -v nix-store >/dev/null; then
 fi
 
 if ! getent group nixbld >/dev/null; then
-	groupadd --system nixbld
+	groupadd --system ${first:+--gid "$first"} nixbld
 	echo "setup-nix: created group nixbld"
 fi
 created=0
 for i in $(seq 1 "$users"); do
 	if ! getent passwd "nixbld$i" >/dev/null; then
-		useradd --system --no-create-home --home-dir /var/empty \
+		useradd --system ${first:+--uid "$((first + i))"} --no-create-home --home-dir /var/empty \
 			--shell /usr/sbin/nologin --gid nixbld --groups nixbld \
 			--comment "Nix build user $i" "nixbld$i"
 		created=$((created + 1))

@@ -69,7 +69,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		return err
 	}
 	if node != nil {
-		defer node.Close()
+		defer closeLogged(log, "tailnet node", node)
 	}
 
 	a, err := agent.New(cfg)

@@ -74,7 +74,7 @@ func (f *agentTailnetFlags) apply(ctx context.Context, cfg *agent.Config, log *s
 		}
 		local, err := node.ForwardLocal(ctx, target, log)
 		if err != nil {
-			node.Close()
+			closeLogged(log, "tailnet node", node)
 			return nil, fmt.Errorf("agent: forward %s over the tailnet: %w", s, err)
 		}
 		u.Host = local

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,11 @@ func TestAgentFlagErrors(t *testing.T) {
 	}
 	pub := k.Public().String()
 	base := []string{"agent", "--key-file", keyFile}
+	current := filepath.Join(dir, "current-system")
+	if err := os.Symlink("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-web1-25.05", current); err != nil {
+		t.Fatal(err)
+	}
+	serverArgs := slices.Clip(append(base, "--server", "http://127.0.0.1:1", "--server-key", pub))
 	tests := []struct {
 		name     string
 		args     []string
@@ -44,6 +50,10 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"jitter too large", append(base, "--server", "http://127.0.0.1:1", "--server-key", pub, "--interval", "1m", "--jitter", "2m"), 1,
 			[]string{"jitter"}},
 		{"bad interval", append(base, "--interval", "soon"), 2, []string{"invalid value"}},
+		{"no current system", append(serverArgs, "--current-system", filepath.Join(dir, "nothing")), 1,
+			[]string{"current system " + filepath.Join(dir, "nothing") + " does not exist", "pass --current-system", "/run/current-system"}},
+		{"no profile", append(serverArgs, "--current-system", current, "--profile", filepath.Join(dir, "nothing")), 1,
+			[]string{"system profile " + filepath.Join(dir, "nothing") + " does not exist", "pass --profile", "/nix/var/nix/profiles/system"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,7 +97,11 @@ func TestAgentOnce(t *testing.T) {
 			return
 		}
 		var hb fleetproto.Heartbeat
-		json.Unmarshal(body, &hb)
+		if err := json.Unmarshal(body, &hb); err != nil {
+			t.Errorf("heartbeat body: %v", err)
+			http.Error(w, `{"detail":"malformed heartbeat"}`, http.StatusBadRequest)
+			return
+		}
 		mu.Lock()
 		beats = append(beats, hb)
 		mu.Unlock()

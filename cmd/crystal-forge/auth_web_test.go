@@ -43,7 +43,7 @@ func TestWebPageRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	testsupport.CloseAtCleanup(t, d)
 	tokens := &auth.Tokens{DB: d}
 	ci, err := tokens.Create(t.Context(), "ci", auth.RoleTrigger, 0, "test")
 	if err != nil {

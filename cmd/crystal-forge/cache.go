@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"syscall"
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
@@ -17,6 +18,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/http1"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/objstore"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -27,6 +29,18 @@ type cacheFlags struct {
 	compression string
 	narMemMiB   int
 	store       nixstore.Config
+
+	// Storage backend and uploads (docs/caches.md).
+	storage         string
+	noLocalStore    bool
+	uploadTokenFile string
+	signaturePolicy string
+	trustedKeys     stringList
+	maxUploadMiB    int64
+	stagingDir      string
+	// apiTokens, set by the server, also authenticate uploads (and turn
+	// them on without a token file).
+	apiTokens cache.Authenticator
 }
 
 func (c *cacheFlags) register(fs *flag.FlagSet) {
@@ -37,25 +51,95 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.store.RealStoreDir, "real-store-dir", "", "where the store's files are on disk, for a chroot store (default: --store-dir)")
 	fs.StringVar(&c.store.DBPath, "nix-db", "/nix/var/nix/db/db.sqlite", "Nix's store database, opened read-only")
 	fs.StringVar(&c.store.LogDir, "nix-log-dir", "/nix/var/log/nix", "Nix's build log directory")
+	fs.StringVar(&c.storage, "storage", "", "storage backend for uploaded paths: dir:///path or s3://bucket?endpoint=URL&region=R (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE)")
+	fs.BoolVar(&c.noLocalStore, "no-local-store", false, "serve only the storage backend, not the local Nix store (a central cache on a machine without Nix)")
+	fs.StringVar(&c.uploadTokenFile, "upload-token-file", "", "file of upload tokens, one per line (\"token\" or \"name:token\"); turns on uploads (PUT) into --storage")
+	fs.StringVar(&c.signaturePolicy, "signature-policy", string(cache.PolicySign), "uploads: sign (accept unsigned paths, sign with our keys) or require-trusted (need a signature by a --trusted-public-key)")
+	fs.Var(&c.trustedKeys, "trusted-public-key", "public key (name:base64) whose signatures uploads may carry under require-trusted; repeatable")
+	fs.Int64Var(&c.maxUploadMiB, "max-upload-size", cache.DefaultMaxNarBytes>>20, "largest NAR file accepted in one upload, in MiB")
+	fs.StringVar(&c.stagingDir, "staging-dir", "", "where uploaded NARs wait for their narinfo (default: <dir>/.staging for a dir:// backend, else the temporary directory)")
 }
 
-// open opens the store and builds the cache over it, signing with keys.
-// The caller closes the store.
+// open opens the store and the storage backend and builds the cache over
+// them, signing with keys. The caller closes the store, which is nil with
+// --no-local-store.
 func (c *cacheFlags) open(ctx context.Context, log *slog.Logger, keys []*signing.SecretKey) (*cache.Server, *nixstore.Store, error) {
-	store, err := nixstore.Open(ctx, c.store)
+	cfg, err := c.backendConfig(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	var store *nixstore.Store
+	if !c.noLocalStore {
+		if store, err = nixstore.Open(ctx, c.store); err != nil {
+			return nil, nil, err
+		}
 	}
 	narMem := int64(c.narMemMiB) << 20
 	if narMem <= 0 {
 		narMem = -1 // off
 	}
-	srv, err := cache.New(cache.Config{Store: store, Keys: keys, Priority: c.priority, Compression: c.compression, SmallNarCacheBytes: narMem, Logger: log})
+	cfg.Store, cfg.Keys, cfg.Priority, cfg.Compression, cfg.SmallNarCacheBytes, cfg.Logger = store, keys, c.priority, c.compression, narMem, log
+	cfg.StoreDir = c.store.StoreDir
+	srv, err := cache.New(cfg)
+	if err == nil {
+		err = srv.WriteCacheInfo(ctx)
+	}
 	if err != nil {
-		store.Close()
+		if store != nil {
+			err = errors.Join(err, store.Close())
+		}
 		return nil, nil, err
 	}
+	if cfg.Backend != nil {
+		log.Info("cache storage", "backend", cfg.Backend.String(), "local_store", store != nil, "uploads", cfg.Uploads != nil)
+	}
 	return srv, store, nil
+}
+
+// backendConfig opens --storage and sets up uploads.
+func (c *cacheFlags) backendConfig(ctx context.Context) (cache.Config, error) {
+	var cfg cache.Config
+	if c.storage == "" {
+		switch {
+		case c.noLocalStore:
+			return cfg, errors.New("--no-local-store needs --storage: there would be nothing to serve")
+		case c.uploadTokenFile != "":
+			return cfg, errors.New("--upload-token-file needs --storage: uploads go into the storage backend (e.g. --storage dir:///var/lib/crystal-forge/cache)")
+		}
+		return cfg, nil
+	}
+	backend, err := objstore.Open(ctx, c.storage, objstore.Options{})
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Backend = backend
+	var auths cache.AnyAuthenticator
+	if c.apiTokens != nil {
+		auths = append(auths, c.apiTokens)
+	}
+	if c.uploadTokenFile != "" {
+		tokens, err := cache.LoadTokenFile(c.uploadTokenFile)
+		if err != nil {
+			return cfg, err
+		}
+		auths = append(auths, tokens)
+	}
+	if len(auths) == 0 {
+		return cfg, nil
+	}
+	up := &cache.UploadConfig{Auth: auths, Policy: cache.SignaturePolicy(c.signaturePolicy), MaxNarBytes: c.maxUploadMiB << 20, StagingDir: c.stagingDir}
+	for _, k := range c.trustedKeys {
+		pk, err := signing.ParsePublicKey(k)
+		if err != nil {
+			return cfg, fmt.Errorf("--trusted-public-key %q: %w", k, err)
+		}
+		up.TrustedKeys = append(up.TrustedKeys, pk)
+	}
+	if d, ok := backend.(*objstore.Dir); ok && up.StagingDir == "" {
+		up.StagingDir = d.StagingDir() // same filesystem as the objects
+	}
+	cfg.Uploads = up
+	return cfg, nil
 }
 
 func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Logger) error {
@@ -82,19 +166,33 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 		}
 		keys = append(keys, k)
 	}
+	ln, err := bind("cache", *listen, "--listen")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var pprofLn net.Listener
+	if *pprofAddr != "" {
+		if pprofLn, err = bind("pprof", *pprofAddr, "--pprof-listen"); err != nil {
+			return err
+		}
+		defer pprofLn.Close()
+	}
 	srv, store, err := cf.open(ctx, log, keys)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	if *pprofAddr != "" {
+	if store != nil {
+		defer closeLogged(log, "nix store database", store)
+	}
+	if pprofLn != nil {
 		go func() {
-			if err := serve(ctx, log, "pprof", *pprofAddr, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {
+			if err := serve(ctx, log, "pprof", pprofLn, stdServer(log, pprofHandler(), nil), serveHooks{}); err != nil {
 				log.Error("pprof", "err", err)
 			}
 		}()
 	}
-	return serve(ctx, log, "cache", *listen, cacheServer(log, srv), serveHooks{})
+	return serve(ctx, log, "cache", ln, cacheServer(log, srv), serveHooks{})
 }
 
 // serveHooks are optional callbacks around a server's life, and its
@@ -105,9 +203,6 @@ type serveHooks struct {
 	// perClient bounds the connections one client address may hold open
 	// (0: unbounded).
 	perClient int
-	// listener, when set, is served instead of listening on addr (the
-	// tailnet's).
-	listener net.Listener
 }
 
 // httpServer is what serve runs: net/http's server, or http1's for the
@@ -142,15 +237,21 @@ func cacheServer(log *slog.Logger, h http.Handler) *http1.Server {
 	return &http1.Server{Handler: h, Logger: log}
 }
 
-// serve runs hs on addr until ctx ends, then drains for up to 10 seconds.
-func serve(ctx context.Context, log *slog.Logger, name, addr string, hs httpServer, hooks serveHooks) error {
-	ln := hooks.listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", addr); err != nil {
-			return fmt.Errorf("%s: listen on %s: %w", name, addr, err)
-		}
+// bind listens on addr for service name; setting names what configures addr,
+// for the error.
+func bind(name, addr, setting string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s: listen on %s: the port is already in use: set %s to a free port, or stop what listens there: %w", name, addr, setting, err)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s (%s): %w", name, addr, setting, err)
+	}
+	return ln, nil
+}
+
+// serve runs hs on ln until ctx ends, then drains for up to 10 seconds.
+func serve(ctx context.Context, log *slog.Logger, name string, ln net.Listener, hs httpServer, hooks serveHooks) error {
 	ln = connlimit.New(ln, hooks.perClient, log.With("service", name))
 	if hooks.listening != nil {
 		hooks.listening()

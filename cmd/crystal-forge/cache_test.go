@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -32,6 +34,15 @@ func TestCacheStartupErrors(t *testing.T) {
 	if err := os.WriteFile(truncated, []byte("host:AAAA\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	busy := holdPort(t)
+	// The server case binds its ports before it reads the key: free ones.
+	t.Setenv("BUILD_SERVER_API_PORT", freePort(t))
+	t.Setenv("BUILD_SERVER_CACHE_PORT", freePort(t))
+	emptyTokens := filepath.Join(dir, "empty-tokens")
+	if err := os.WriteFile(emptyTokens, []byte("# nobody yet\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	storage := "dir://" + filepath.Join(dir, "storage")
 	tests := []struct {
 		name     string
 		args     []string
@@ -48,6 +59,20 @@ func TestCacheStartupErrors(t *testing.T) {
 			[]string{"does not exist", "crystal-forge keygen --key-file " + missing}},
 		{"server, corrupt key", []string{"server", "--key-file", corrupt}, 1,
 			[]string{"corrupt", "delete it"}},
+		// The port is checked before the store is opened (this database
+		// does not exist).
+		{"port in use", []string{"cache", "--key-file", valid, "--listen", busy, "--nix-db", filepath.Join(dir, "no-db.sqlite")}, 1,
+			[]string{"listen on " + busy, "already in use", "set --listen to a free port"}},
+		{"no local store, no storage", []string{"cache", "--key-file", valid, "--no-local-store"}, 1,
+			[]string{"--no-local-store needs --storage"}},
+		{"tokens without storage", []string{"cache", "--key-file", valid, "--upload-token-file", emptyTokens}, 1,
+			[]string{"--upload-token-file needs --storage"}},
+		{"no tokens in the token file", []string{"cache", "--key-file", valid, "--no-local-store", "--storage", storage, "--upload-token-file", emptyTokens}, 1,
+			[]string{emptyTokens, "no tokens"}},
+		{"unknown storage", []string{"cache", "--key-file", valid, "--storage", "ftp://host/x"}, 1,
+			[]string{"unknown scheme", "dir:///path"}},
+		{"unknown signature policy", []string{"cache", "--key-file", valid, "--no-local-store", "--storage", storage, "--upload-token-file", valid, "--signature-policy", "maybe"}, 1,
+			[]string{"unknown signature policy"}},
 		{"unknown flag", []string{"cache", "--no-such-flag"}, 2,
 			[]string{"flag provided but not defined: -no-such-flag"}},
 		{"bad flag value", []string{"cache", "--priority", "high"}, 2,
@@ -78,4 +103,27 @@ func TestCacheStartupErrors(t *testing.T) {
 	if b, err := os.ReadFile(corrupt); err != nil || string(b) != "not a key\n" {
 		t.Errorf("%s changed: %q, %v", corrupt, b, err)
 	}
+}
+
+// holdPort listens on a free local port until the test ends and returns
+// its address.
+func holdPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String()
+}
+
+// freePort returns a local port number nothing listens on just now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/crystal-forge/crystal-forge/internal/client"
@@ -37,6 +39,15 @@ func (f apiFlags) client() *client.Client {
 		c.Token = os.Getenv("CRYSTAL_FORGE_TOKEN")
 	}
 	return c
+}
+
+// serverHint adds to the error of a server that did not answer how to name
+// another one.
+func serverHint(err error) error {
+	if errors.Is(err, client.ErrUnreachable) {
+		return fmt.Errorf("%w\nIs the server running there? Pass --server URL or set CRYSTAL_FORGE_SERVER to its API address", err)
+	}
+	return err
 }
 
 // parseArgs parses flags that may come before or after the positional
@@ -89,10 +100,29 @@ func followBuild(ctx context.Context, c *client.Client, id int64, stdout io.Writ
 		return err
 	}
 	fmt.Fprintf(stdout, "build %d: %s\n", id, status)
-	if status != "success" {
-		return fmt.Errorf("build %d %s", id, status)
+	if status == "success" {
+		return nil
 	}
-	return nil
+	// Say what failed, so a CI log shows it without a trip to the page.
+	b, err := c.Build(ctx, id)
+	if err != nil {
+		return fmt.Errorf("build %d %s (reading its results: %v)", id, status, err)
+	}
+	for _, r := range b.Results {
+		if r.Status != "failed" {
+			continue
+		}
+		fmt.Fprintf(stdout, "failed: %s (%s)", r.Attr, r.Kind)
+		if r.DrvPath != "" {
+			fmt.Fprintf(stdout, " %s", r.DrvPath)
+		}
+		fmt.Fprintf(stdout, "\n  %s\n  log: %s/api/v1/builds/%d/results/%d/log\n",
+			strings.ReplaceAll(r.Error, "\n", "\n  "), c.BaseURL, id, r.ID)
+	}
+	if b.Error != "" {
+		return fmt.Errorf("build %d %s: %s", id, status, b.Error)
+	}
+	return fmt.Errorf("build %d %s", id, status)
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -109,16 +139,17 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REPOSITORY\tBRANCH\tSTATUS\tCOMMIT\tBUILD\tSTARTED\tFINISHED")
+	fmt.Fprintln(tw, "REPOSITORY\tBRANCH\tSTATUS\tCOMMIT\tBUILD\tATTRIBUTES\tSTARTED\tFINISHED")
 	shown := 0
 	for _, r := range repos {
 		if len(pos) > 0 && !contains(pos, r.Name) {
 			continue
 		}
 		shown++
-		status, commit, id, started, finished := "never built", "-", "-", "-", "-"
+		status, commit, id, attrs, started, finished := "never built", "-", "-", "-", "-", "-"
 		if b := r.LatestBuild; b != nil {
 			status, commit, id = b.Status, b.ShortCommit, fmt.Sprint(b.ID)
+			attrs = fmt.Sprintf("%d built, %d failed, %d skipped", b.Counts.Built, b.Counts.Failed, b.Counts.Skipped)
 			if commit == "" {
 				commit = "-"
 			}
@@ -129,9 +160,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				finished = b.FinishedAt.Local().Format("2006-01-02 15:04:05")
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, status, commit, id, started, finished)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, status, commit, id, attrs, started, finished)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	if len(pos) > 0 && shown < len(pos) {
 		return fmt.Errorf("repository not found: %v", pos)
 	}

@@ -36,9 +36,9 @@ func TestIdleConnectionFlood(t *testing.T) {
 		if err != nil {
 			return 0, err
 		}
-		io.Copy(io.Discard, resp.Body)
+		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode, nil
+		return resp.StatusCode, err
 	}
 
 	var held []net.Conn

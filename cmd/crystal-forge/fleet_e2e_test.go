@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -62,9 +63,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		profile     = filepath.Join(dir, "profiles", "system")
 		agentKey    = filepath.Join(dir, "agent-key")
 	)
-	if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	base := installBaseSystem(t, storeRoot, profile, currentLink, logFile)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	key, err := keygen.Ensure(keygen.Options{KeyFile: agentKey, Name: "chesty", Logger: quiet})
 	if err != nil {
@@ -120,8 +119,8 @@ repository = "nixos-configs"
 	if err := newAgent(impostor.Public()).RunOnce(ctx); err == nil {
 		t.Error("agent accepted a reply it cannot verify")
 	}
-	if _, err := os.Lstat(currentLink); err == nil {
-		t.Fatal("agent switched on an unverified reply")
+	if got, _ := os.Readlink(currentLink); got != base {
+		t.Fatalf("agent switched on an unverified reply: current = %q", got)
 	}
 
 	// The real agent: heartbeat, target, fetch, switch, report.
@@ -181,31 +180,66 @@ repository = "nixos-configs"
 	}
 }
 
+// installBaseSystem makes the agent's host run a tiny system first, as a
+// NixOS host always runs one: it is copied into storeRoot, is the profile's
+// generation 1, and currentLink points at it. Its switch script records
+// activations in logFile and points currentLink back at it.
+func installBaseSystem(t *testing.T, storeRoot, profile, currentLink, logFile string) string {
+	t.Helper()
+	expr := fmt.Sprintf(`derivation {
+  name = "nixos-system-chesty-base";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  nonce = %q;
+  args = [ "-c" ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\necho "activated %%s $1" >> %%s\nln -sfn %%s %%s\n' $out %s $out %s > $out/bin/switch-to-configuration
+    chmod +x $out/bin/switch-to-configuration
+  '' ];
+}`, testsupport.Nonce(), logFile, currentLink)
+	out, err := testsupport.NixOutput(t.Context(), "nix-build", "--no-out-link", "-E", expr)
+	if err != nil {
+		t.Fatalf("build the base system: %v", err)
+	}
+	base := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		// Tidying the shared store only; a path still in use stays.
+		if _, err := testsupport.NixCommand(context.Background(), "nix-store", "--delete", base); err != nil {
+			t.Logf("delete the base system: %v", err)
+		}
+	})
+	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", storeRoot, base); err != nil {
+		t.Fatalf("copy the base system into the agent's store: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testsupport.NixCommand(t.Context(), "nix-env", "--store", storeRoot, "--profile", profile, "--set", base); err != nil {
+		t.Fatalf("set the profile to the base system: %v", err)
+	}
+	if err := os.Symlink(base, currentLink); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
 // buildNixos triggers a build of the repository, waits for it, and returns
 // the output of nixosConfigurations.chesty, checking it was evaluated first.
 func buildNixos(t *testing.T, srv *testsupport.Server) string {
 	t.Helper()
 	id := trigger(t, srv, "nixos-configs")
-	var b struct {
-		Status  string `json:"status"`
-		Results []struct {
-			Attr, Kind, Status string
-			DrvPath            string   `json:"drv_path"`
-			OutPaths           []string `json:"out_paths"`
-		} `json:"results"`
+	b := testsupport.WaitBuildSucceeded(t, srv, id)
+	log := srv.Log(t, id)
+	// The flake check, then the configuration.
+	if len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[1].Kind != "nixos" || len(b.Results[1].OutPaths) != 1 {
+		t.Fatalf("nixos build: %+v\n%s", b.Results, log)
 	}
-	testsupport.WaitUntil(t, "the nixos build to finish", func() bool {
-		srv.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
-		return b.Status != "queued" && b.Status != "running"
-	})
-	_, log := srv.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
-	if b.Status != "success" || len(b.Results) != 1 || b.Results[0].Status != "success" || len(b.Results[0].OutPaths) != 1 {
-		t.Fatalf("nixos build: %+v\n%s", b, log)
+	nixos := b.Results[1]
+	if !strings.Contains(log, "Evaluated nixosConfigurations.chesty: "+nixos.DrvPath) {
+		t.Errorf("log does not record the evaluated derivation %s:\n%s", nixos.DrvPath, log)
 	}
-	if !strings.Contains(string(log), "Evaluated nixosConfigurations.chesty: "+b.Results[0].DrvPath) {
-		t.Errorf("log does not record the evaluated derivation %s:\n%s", b.Results[0].DrvPath, log)
-	}
-	return b.Results[0].OutPaths[0]
+	return nixos.OutPaths[0]
 }
 
 func hostView(t *testing.T, srv *testsupport.Server) *fleet.HostView {

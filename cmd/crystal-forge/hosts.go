@@ -128,8 +128,7 @@ func runHostShow(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	printHost(stdout, h)
-	return nil
+	return printHost(stdout, h)
 }
 
 func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -145,6 +144,9 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *key == "" {
 		fmt.Fprintln(stderr, "host add: --key is required (the agent prints its public key)")
 		return errUsage
+	}
+	if err := checkPinned(p, stderr); err != nil {
+		return err
 	}
 	h, err := api.client().AddHost(ctx, pos[0], *key, p)
 	if err != nil {
@@ -189,6 +191,9 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	p.Policy = pos[1]
+	if err := checkPinned(p, stderr); err != nil {
+		return err
+	}
 	if err := api.client().SetPolicy(ctx, pos[0], p); err != nil {
 		return err
 	}
@@ -227,8 +232,19 @@ func runHostRekey(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
-// printHost writes `host show`.
-func printHost(w io.Writer, h *fleet.HostView) {
+// checkPinned refuses, before anything is sent, a pinned policy without
+// the target it pins to.
+func checkPinned(p fleet.Policy, stderr io.Writer) error {
+	if p.Policy == db.PolicyPinned && p.Target == "" {
+		fmt.Fprintln(stderr, "a pinned host needs a target: add --target STOREPATH (the system to hold it at)")
+		return errUsage
+	}
+	return nil
+}
+
+// printHost writes `host show`. Its error is a tabwriter's: the table is
+// written out at Flush.
+func printHost(w io.Writer, h *fleet.HostView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := h.Status
 	if h.LastSeen != nil {
@@ -270,7 +286,9 @@ func printHost(w io.Writer, h *fleet.HostView) {
 	fmt.Fprintf(tw, "Last seen:\t%s\n", seen)
 	fmt.Fprintf(tw, "Fingerprint:\t%s\n", orDash(h.Fingerprint))
 	fmt.Fprintf(tw, "Registered:\t%s\n", fmtLocal(h.CreatedAt))
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 
 	section := func(title string, n int) bool {
 		fmt.Fprintf(w, "\n%s:\n", title)
@@ -291,7 +309,9 @@ func printHost(w io.Writer, h *fleet.HostView) {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", fmtLocal(d.ReportedAt), d.Status, fmtDurationMS(d.DurationMS),
 				shortStorePath(d.Target), shortStorePath(d.Previous), orDash(d.Error))
 		}
-		tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	if section("Events", len(h.Events)) {
 		for _, e := range h.Events {
@@ -304,13 +324,16 @@ func printHost(w io.Writer, h *fleet.HostView) {
 		for _, b := range h.Heartbeats {
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", fmtLocal(b.FirstAt), fmtLocal(b.LastAt), b.Count, shortStorePath(b.Current), orDash(b.Fingerprint))
 		}
-		tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	if section("Audit", len(h.Audit)) {
 		for _, a := range h.Audit {
 			fmt.Fprintf(w, "  %s  %s %s: %s (from %s)\n", fmtLocal(a.At), a.Actor, a.Action, a.Detail, a.Remote)
 		}
 	}
+	return nil
 }
 
 // shortStorePath shows a store path as its name and the start of its hash:

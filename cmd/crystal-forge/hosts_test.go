@@ -82,28 +82,29 @@ func unbuiltPath(name string) string {
 }
 
 // startFleetAPI serves the API with a fleet (enrolment pending, repository
-// "infra" for auto hosts) on an httptest server.
-func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB) {
+// "infra" for auto hosts) on an httptest server. Its store is a database
+// the test writes, holding the returned closure: the fleet only asks the
+// store whether a target is valid, so this needs no Nix.
+func startFleetAPI(t *testing.T) (*testsupport.BuildServer, *db.DB, testsupport.Closure) {
 	t.Helper()
-	testsupport.RequireNix(t)
-	requireGit(t)
 	d, err := db.Open(t.Context(), filepath.Join(t.TempDir(), "crystal-forge.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
-	st, err := nixstore.Open(t.Context(), nixstore.Config{})
+	testsupport.CloseAtCleanup(t, d)
+	c, storeCfg := testsupport.StoreDBClosure(t)
+	st, err := nixstore.Open(t.Context(), storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	testsupport.CloseAtCleanup(t, st)
 	key, err := signing.Generate("cf-test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc := fleet.New(fleet.Config{DB: d, Store: st, Key: key, Repositories: []string{"infra"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	return testsupport.StartBuildServer(t, testsupport.BuildServerConfig{DB: d, Fleet: svc}), d
+	return testsupport.StartBuildServer(t, testsupport.BuildServerConfig{DB: d, Fleet: svc}), d, c
 }
 
 // cli runs crystal-forge with args and returns its exit code and output.
@@ -136,9 +137,8 @@ func requireContains(t *testing.T, what, s string, want ...string) {
 }
 
 func TestHostCommands(t *testing.T) {
-	srv, d := startFleetAPI(t)
+	srv, d, c := startFleetAPI(t)
 	t.Setenv("USER", "alice")
-	c := testsupport.BuildClosure(t)
 	short := func(p string) string { return shortStorePath(p) }
 	S := "--server=" + srv.URL
 
@@ -177,7 +177,8 @@ func TestHostCommands(t *testing.T) {
 		{[]string{"host", "set-target", "chesty", "/etc/nixos", S}, 1, "store path"},
 		{[]string{"host", "set-policy", "chesty", S}, 2, "usage"},
 		{[]string{"host", "set-policy", "chesty", "yolo", S}, 1, "manual, pinned or auto"},
-		{[]string{"host", "set-policy", "chesty", "pinned", S}, 1, "store path"},
+		{[]string{"host", "set-policy", "chesty", "pinned", S}, 2, "a pinned host needs a target: add --target STOREPATH"},
+		{[]string{"host", "set-policy", "chesty", "pinned", "--target", "/etc/nixos", S}, 1, "store path"},
 		{[]string{"host", "set-policy", "chesty", "auto", "--repo", "nope", S}, 1, "repository"},
 		{[]string{"host", "set-policy", "nobody", "manual", S}, 1, "404"},
 		{[]string{"hosts", "extra", S}, 2, "unexpected arguments"},
@@ -326,7 +327,7 @@ func TestShortStorePath(t *testing.T) {
 
 // `host rekey` and `host remove` recover a name an impostor enrolled.
 func TestHostRekeyRemove(t *testing.T) {
-	srv, d := startFleetAPI(t)
+	srv, d, _ := startFleetAPI(t)
 	S := "--server=" + srv.URL
 	impostor, real := newFleetTestAgent(t, "h2"), newFleetTestAgent(t, "h2")
 	if code, out := impostor.beat(t, srv.URL, "", nil); code != http.StatusForbidden {

@@ -58,17 +58,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "server":
 		err = runServer(ctx, rest, stdout, stderr, log)
 	case "trigger":
-		err = runTrigger(ctx, rest, stdout, stderr)
+		err = serverHint(runTrigger(ctx, rest, stdout, stderr))
 	case "status":
-		err = runStatus(ctx, rest, stdout, stderr)
+		err = serverHint(runStatus(ctx, rest, stdout, stderr))
 	case "logs":
-		err = runLogs(ctx, rest, stdout, stderr)
+		err = serverHint(runLogs(ctx, rest, stdout, stderr))
 	case "hosts":
-		err = runHosts(ctx, rest, stdout, stderr)
+		err = serverHint(runHosts(ctx, rest, stdout, stderr))
 	case "host":
-		err = runHost(ctx, rest, stdout, stderr)
+		err = serverHint(runHost(ctx, rest, stdout, stderr))
 	case "token":
-		err = runToken(ctx, rest, stdout, stderr)
+		err = serverHint(runToken(ctx, rest, stdout, stderr))
 	case "agent":
 		err = runAgent(ctx, rest, stderr, log)
 	case "version":

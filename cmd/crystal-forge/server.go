@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/auth"
@@ -23,6 +23,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/demo"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/hostname"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
@@ -37,6 +38,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	configFile := fs.String("config", "", "TOML configuration file (see docs/configuration.md)")
 	dataDir := fs.String("data-dir", "", "override data_dir (and BUILD_SERVER_DATA_DIR)")
 	keyFile := fs.String("key-file", "", "override key_file")
+	dbFlag := fs.String("db", "", "override database: a SQLite file, sqlite:///path or postgres://… (docs/scaling.md)")
 	withDemo := fs.Bool("demo", false, "create and register a small local demo flake repository")
 	var cf cacheFlags
 	cf.register(fs)
@@ -53,11 +55,29 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if *keyFile != "" {
 		cfg.KeyFile = *keyFile
 	}
+	if *dbFlag != "" {
+		cfg.Database = *dbFlag
+	}
+	// Bind before creating anything: a port in use stops the server
+	// before a data directory or signing key is made for nothing.
+	// With tailnet_only nothing listens outside the tailnet.
+	var cacheLn, apiLn net.Listener
+	if !cfg.Tailscale.TailnetOnly {
+		if cacheLn, err = bind("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), "cache_port (or BUILD_SERVER_CACHE_PORT)"); err != nil {
+			return err
+		}
+		defer cacheLn.Close()
+		if apiLn, err = bind("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), "api_port (or BUILD_SERVER_API_PORT)"); err != nil {
+			return err
+		}
+		defer apiLn.Close()
+	}
+
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
 
-	// Agent 1 first: the key exists before anything serves.
+	// Agent 1 next: the key exists before anything serves.
 	key, err := keygen.Ensure(keygen.Options{KeyFile: cfg.KeyFile, Name: cfg.Hostname, Owner: cfg.KeyOwner, Logger: log})
 	if err != nil {
 		return err
@@ -72,7 +92,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
-	defer database.Close()
+	defer closeLogged(log, "database", database)
+	log.Info("database open", "engine", database.Dialect())
 
 	var nixEnv []string
 	if cfg.NixPath != "" {
@@ -104,6 +125,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories:     cfg.Repositories,
 		MaxParallel:      cfg.MaxParallelBuilds,
 		Timeout:          cfg.BuildTimeout.Duration,
+		GitTimeout:       cfg.GitTimeout.Duration,
 		PollInterval:     cfg.PollInterval.Duration,
 		System:           cfg.System,
 		HomeManagerFlake: cfg.HomeManagerFlake,
@@ -120,11 +142,26 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 
+	if cf.noLocalStore {
+		return fmt.Errorf("--no-local-store is for `crystal-forge cache`: the server serves what it builds from its local store")
+	}
+	// The cache's storage: flags first, then the configuration file.
+	if cf.storage == "" {
+		cf.storage = cfg.Storage
+	}
+	if cf.storage == "" {
+		cf.storage = "dir://" + filepath.Join(cfg.DataDir, "cache")
+	}
+	if cf.uploadTokenFile == "" {
+		cf.uploadTokenFile = cfg.UploadTokenFile
+	}
+	// API tokens of role trigger or admin may upload (docs/security.md).
+	cf.apiTokens = &auth.Tokens{DB: database}
 	cacheSrv, st, err := cf.open(ctx, log, []*signing.SecretKey{key.Key})
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeLogged(log, "nix store database", st)
 	fleetSvc := fleet.New(fleet.Config{
 		DB:           database,
 		Store:        st,
@@ -135,17 +172,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Repositories: orch.Repositories(),
 		Logger:       log,
 	})
-	for _, h := range cfg.Hosts {
-		policy := h.Policy
-		if policy == "" {
-			policy = db.PolicyManual
-		}
-		if err := database.UpsertHost(ctx, &db.Host{Name: h.Name, PublicKey: h.PublicKey, Policy: policy, Target: h.Target, Repository: h.Repository, Configuration: h.Configuration}); err != nil {
-			return err
-		}
+	if err := fleetSvc.ConfigureHosts(ctx, cfg.Hosts); err != nil {
+		return err
 	}
 
-	info := api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, PublicKey: key.Key.Public().String()}
+	info := api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, CacheURL: publicURL(ctx, cfg), PublicKey: key.Key.Public().String()}
 	authCfg := api.AuthConfig{
 		RequireAuthForRead: cfg.RequireAuthForRead,
 		DistrustLoopback:   !cfg.TrustLoopback,
@@ -164,11 +195,14 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		if node, err = startTailnet(ctx, cfg, log); err != nil {
 			return err
 		}
-		defer node.Close()
+		defer closeLogged(log, "tailnet node", node)
 		resolvers = append(resolvers, node.Resolver())
 		if node.DNSName != "" {
-			// Clients on the tailnet reach the cache by its MagicDNS name.
-			info.CacheURL = fmt.Sprintf("http://%s:%d", node.DNSName, cfg.CachePort)
+			// Clients on the tailnet reach the cache by its MagicDNS name,
+			// unless public_url says otherwise.
+			if cfg.PublicURL == "" {
+				info.CacheURL = fmt.Sprintf("http://%s:%d", node.DNSName, cfg.CachePort)
+			}
 			short, _, _ := strings.Cut(node.DNSName, ".")
 			authCfg.AllowedHosts = append(authCfg.AllowedHosts, node.DNSName, short)
 		}
@@ -195,16 +229,16 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
 	servers := 0
-	start := func(name, addr string, hs httpServer, hooks serveHooks) {
+	start := func(name string, ln net.Listener, hs httpServer, hooks serveHooks) {
 		servers++
 		hooks.perClient = cfg.MaxConnectionsPerClient
-		wg.Go(func() { errc <- serve(srvCtx, log, name, addr, hs, hooks) })
+		wg.Go(func() { errc <- serve(srvCtx, log, name, ln, hs, hooks) })
 	}
 	cacheHooks := serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }}
 	if !cfg.Tailscale.TailnetOnly {
-		start("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), cacheServer(log, cacheSrv), cacheHooks)
+		start("cache", cacheLn, cacheServer(log, cacheSrv), cacheHooks)
 		cacheHooks = serveHooks{}
-		start("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
+		start("api", apiLn, stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
 	}
 	if node != nil {
 		for _, l := range []struct {
@@ -222,8 +256,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 				wg.Wait()
 				return fmt.Errorf("%s: listen on the tailnet: %w", l.name, err)
 			}
-			l.h.listener = ln
-			start(l.name, node.DNSName+":"+strconv.Itoa(l.port), l.hs, l.h)
+			start(l.name, ln, l.hs, l.h)
 		}
 	}
 	// The first server to stop (an error, or the shutdown signal) stops all.
@@ -242,19 +275,16 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 }
 
 // serverNames are the names a request's Host may carry (against DNS
-// rebinding): the configured hostname, this machine's name and FQDN, and
-// allowed_hosts. localhost and IP addresses always pass.
+// rebinding): the configured hostname, this machine's name and FQDN,
+// public_url's host and allowed_hosts. localhost and IP addresses always pass.
 func serverNames(ctx context.Context, cfg *config.Config) []string {
 	names := []string{cfg.Hostname}
 	if h, err := os.Hostname(); err == nil && h != "" {
 		names = append(names, h)
-		// The FQDN, when the resolver knows one; a machine without DNS
-		// must not delay the start.
-		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if cname, err := net.DefaultResolver.LookupCNAME(lctx, h); err == nil && cname != "" {
-			names = append(names, strings.TrimSuffix(cname, "."))
-		}
-		cancel()
+	}
+	names = append(names, hostname.FQDN(ctx))
+	if u, err := url.Parse(cfg.PublicURL); err == nil && u.Hostname() != "" {
+		names = append(names, u.Hostname())
 	}
 	return append(names, cfg.AllowedHosts...)
 }
@@ -270,9 +300,9 @@ func startTailnet(ctx context.Context, cfg *config.Config, log *slog.Logger) (*t
 		}
 		authKey = strings.TrimSpace(string(b))
 	}
-	hostname := t.Hostname
-	if hostname == "" {
-		hostname = cfg.Hostname
+	name := t.Hostname
+	if name == "" {
+		name = cfg.Hostname
 	}
 	stateDir := t.StateDir
 	if stateDir == "" {
@@ -281,7 +311,7 @@ func startTailnet(ctx context.Context, cfg *config.Config, log *slog.Logger) (*t
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("tailscale state directory: %w", err)
 	}
-	return tailnet.Start(ctx, tailnet.Config{Hostname: hostname, AuthKey: authKey, StateDir: stateDir, ControlURL: t.ControlURL, Logger: log})
+	return tailnet.Start(ctx, tailnet.Config{Hostname: name, AuthKey: authKey, StateDir: stateDir, ControlURL: t.ControlURL, Logger: log})
 }
 
 // tailnetAPIServer serves the API on the tailnet listener, marking its
@@ -290,4 +320,13 @@ func tailnetAPIServer(log *slog.Logger, a *api.Server) *http.Server {
 	hs := stdServer(log, a, a.Close)
 	hs.ConnContext = tailnet.MarkConn
 	return hs
+}
+
+// publicURL is the cache's URL as clients reach it: public_url, or this
+// host's FQDN (the key name, the hostname setting, need not resolve).
+func publicURL(ctx context.Context, cfg *config.Config) string {
+	if cfg.PublicURL != "" {
+		return cfg.PublicURL
+	}
+	return "http://" + net.JoinHostPort(hostname.FQDN(ctx), strconv.Itoa(cfg.CachePort))
 }

@@ -3,7 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,13 +12,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testsupport.RemoveCrystalForgeBinary()
+	code := pgtest.Main(m)
+	if err := testsupport.RemoveCrystalForgeBinary(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = max(code, 1)
+	}
 	os.Exit(code)
 }
 
@@ -108,6 +116,52 @@ func TestServerConfigErrors(t *testing.T) {
 	}
 }
 
+// TestServerPortInUse: a port taken by another program stops the server
+// with exit code 1 and a message naming the setting, before it creates the
+// data directory or a signing key.
+func TestServerPortInUse(t *testing.T) {
+	for _, key := range []string{"api_port", "cache_port"} {
+		t.Run(key, func(t *testing.T) {
+			busy := holdPort(t)
+			_, port, _ := net.SplitHostPort(busy)
+			other := "cache_port"
+			if key == other {
+				other = "api_port"
+			}
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			keyFile := filepath.Join(dir, "key")
+			file := filepath.Join(dir, "crystal-forge.toml")
+			text := fmt.Sprintf("data_dir = %q\nkey_file = %q\nbind = \"127.0.0.1\"\n%s = %s\n%s = %s\n",
+				dataDir, keyFile, key, port, other, freePort(t))
+			if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"BUILD_SERVER_API_PORT", "BUILD_SERVER_CACHE_PORT", "BUILD_SERVER_DATA_DIR"} {
+				t.Setenv(k, "")
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), []string{"server", "--config", file}, &stdout, &stderr)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1\nstderr:\n%s", code, &stderr)
+			}
+			for _, want := range []string{"listen on " + busy, "already in use", "set " + key} {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr does not contain %q:\n%s", want, &stderr)
+				}
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout = %q, want nothing (no key was made)", &stdout)
+			}
+			for _, p := range []string{keyFile, dataDir} {
+				if _, err := os.Stat(p); err == nil {
+					t.Errorf("%s was created by a server that could not bind its port", p)
+				}
+			}
+		})
+	}
+}
+
 // buildStatus is the spec's /build/status document.
 type buildStatus struct {
 	IsRunning  bool    `json:"is_running"`
@@ -182,12 +236,10 @@ func TestServerKillAndRestart(t *testing.T) {
 
 	t.Logf("server up")
 	first := trigger(t, srv, name)
-	testsupport.WaitUntil(t, "the build to run and reach its package", func() bool {
-		var st buildStatus
-		srv.GetJSON(t, "/build/status/"+name, &st)
-		return st.IsRunning && strings.Contains(strings.Join(logLines(t, srv, name), "\n"), "Building package slow")
+	testsupport.WaitBuild(t, srv, first, "it to run and reach its package", func(b api.Build) bool {
+		return b.Status == db.StatusRunning && strings.Contains(srv.Log(t, first), "Building package slow")
 	})
-	builder := blocker.WaitStarted(t)
+	builder := blocker.WaitStarted(t, srv, first)
 	t.Logf("builder running (pid %d); killing the server", builder)
 
 	srv.Kill(t)
@@ -224,22 +276,22 @@ func TestServerKillAndRestart(t *testing.T) {
 	}
 
 	// Building works again.
-	os.Remove(blocker.PIDFile())
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
 	second := trigger(t, srv, name)
 	if second == first {
 		t.Fatalf("new build has the id %d of the interrupted one", second)
 	}
-	blocker.WaitStarted(t)
+	blocker.WaitStarted(t, srv, second)
 	srv.GetJSON(t, "/build/status/"+name, &st)
 	if !st.IsRunning {
 		t.Errorf("status while the new build runs: is_running false")
 	}
 	t.Logf("new build running; releasing it")
 	blocker.Release(t)
-	testsupport.WaitUntil(t, "the new build to finish", func() bool {
-		srv.GetJSON(t, "/build/status/"+name, &st)
-		return !st.IsRunning
-	})
+	testsupport.WaitBuildSucceeded(t, srv, second)
+	srv.GetJSON(t, "/build/status/"+name, &st)
 	if short := testsupport.ShortHead(t, repoDir); str(st.LastStatus) != "success" || str(st.LastCommit) != short {
 		t.Errorf("status after the new build = %s at %s, want success at %s\nlog:\n%s",
 			str(st.LastStatus), str(st.LastCommit), short, strings.Join(logLines(t, srv, name), "\n"))
@@ -252,5 +304,53 @@ func TestServerKillAndRestart(t *testing.T) {
 	// A graceful stop of an idle server exits 0.
 	if code := srv.Stop(t, 30*time.Second); code != 0 {
 		t.Errorf("exit code after SIGTERM = %d, want 0\nstderr:\n%s", code, srv.Stderr())
+	}
+}
+
+// TestServerCrashStopsBuilders kills only the server process with SIGKILL
+// (no cleanup can run) in the middle of a build and checks that the nix
+// command it started and nix's builder end on their own, and that a build
+// of the same package after a restart runs and finishes instead of waiting
+// on a lock the orphans hold.
+func TestServerCrashStopsBuilders(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	const name = "crashy"
+	blocker := testsupport.NewBlocker(t, "slow")
+	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
+		System:   config.DefaultSystem(),
+		Nonce:    testsupport.Nonce(),
+		Packages: []testsupport.FlakePackage{blocker.Package()},
+	}.Nix()})
+	srv := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
+	})
+	builder := blocker.WaitStarted(t, srv, trigger(t, srv, name))
+	nixPID, err := testsupport.ProcessParent(builder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nixCmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", nixPID))
+	if !strings.HasPrefix(string(nixCmd), "nix\x00") {
+		t.Fatalf("parent of the builder (pid %d) is %q, want the server's nix build", nixPID, nixCmd)
+	}
+	t.Logf("builder %d under nix %d; kill -9 of the server (pid %d) alone", builder, nixPID, srv.Cmd.Process.Pid)
+	srv.Crash(t)
+	testsupport.WaitUntil(t, "the server's nix build to end", func() bool { return !testsupport.ProcessAlive(nixPID) })
+	testsupport.WaitUntil(t, "nix's builder to end", func() bool { return !testsupport.ProcessAlive(builder) })
+
+	srv = testsupport.StartServerWithConfig(t, srv.Config)
+	if err := os.Remove(blocker.PIDFile()); err != nil {
+		t.Fatal(err)
+	}
+	blocker.WaitStarted(t, srv, trigger(t, srv, name))
+	blocker.Release(t)
+	var st buildStatus
+	testsupport.WaitUntil(t, "the build after the restart to finish", func() bool {
+		srv.GetJSON(t, "/build/status/"+name, &st)
+		return !st.IsRunning
+	})
+	if str(st.LastStatus) != "success" {
+		t.Errorf("build after the restart: %s, want success\nlog:\n%s", str(st.LastStatus), strings.Join(logLines(t, srv, name), "\n"))
 	}
 }

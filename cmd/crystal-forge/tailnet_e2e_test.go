@@ -149,7 +149,7 @@ func TestTailnet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	testsupport.CloseAtCleanup(t, d)
 	mustCall := func(node *tsnet.Server, who, method, path, body string, want int) {
 		t.Helper()
 		code, out, err := call(t, node, method, api+path, body)
@@ -209,9 +209,12 @@ func TestTailnet(t *testing.T) {
 	}
 	fwdCtx, stopFwd := context.WithCancel(t.Context())
 	defer stopFwd()
-	go tailnet.Forward(fwdCtx, ln, func(ctx context.Context) (net.Conn, error) {
-		return member.Dial(ctx, "tcp", fmt.Sprintf("%s:%d", name, srv.Config.CachePort))
-	}, nil)
+	fwdDone := make(chan error, 1)
+	go func() {
+		fwdDone <- tailnet.Forward(fwdCtx, ln, func(ctx context.Context) (net.Conn, error) {
+			return member.Dial(ctx, "tcp", fmt.Sprintf("%s:%d", name, srv.Config.CachePort))
+		}, nil)
+	}()
 	dest := testsupport.NewLocalStore(t)
 	out2, err := testsupport.NixCommandEnv(t.Context(), []string{"XDG_CACHE_HOME=" + t.TempDir()},
 		"nix", "copy", "--from", "http://"+ln.Addr().String(), "--to", dest,
@@ -223,6 +226,10 @@ func TestTailnet(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dest, p)); err != nil {
 			t.Errorf("%s not copied: %v", p, err)
 		}
+	}
+	stopFwd()
+	if err := <-fwdDone; err != nil {
+		t.Errorf("forwarder: %v", err)
 	}
 
 	// An agent without a system tailscaled joins with --tailscale and

@@ -12,7 +12,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/config"
+	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
 
@@ -47,6 +49,7 @@ func TestWebPageLiveBuild(t *testing.T) {
 		Hostname  string `json:"hostname"`
 		APIPort   int    `json:"api_port"`
 		CachePort int    `json:"cache_port"`
+		CacheURL  string `json:"cache_url"`
 		PublicKey string `json:"public_key"`
 	}
 	srv.GetJSON(t, "/info", &info)
@@ -82,15 +85,15 @@ func TestWebPageLiveBuild(t *testing.T) {
 		return strings.TrimSpace(*s)
 	}
 	// waitJS waits until the JavaScript expression is true; the deadline is
-	// the test's, so no step can hang.
+	// the test's, so no step can hang. The build can only end in success:
+	// if it ends otherwise, the wait fails at once with its log.
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\nrepository card: %q\nlog: %q", what, expr, err,
+		waitPage(t, ctx, srv, name, db.StatusSuccess, what, expr, func() string {
+			return fmt.Sprintf("repository card: %q\nlog: %q",
 				jsString(ctx, fmt.Sprintf(`document.querySelector("#repo-%s")?.innerText`, name)),
 				jsString(ctx, `document.querySelector("#log").textContent`))
-		}
+		})
 	}
 	card := "#repo-" + name
 
@@ -110,6 +113,9 @@ func TestWebPageLiveBuild(t *testing.T) {
 		t.Errorf("public key on the page = %q (%v), want /info's %q", key, err, info.PublicKey)
 	}
 	do("find the copy button", chromedp.WaitVisible(chromedp.ID("copy-key")))
+	if got, want := text("#nix-conf"), "extra-substituters = "+info.CacheURL+"\nextra-trusted-public-keys = "+info.PublicKey; got != want {
+		t.Errorf("nix.conf snippet on the page = %q, want %q", got, want)
+	}
 	waitJS("the live connection", `document.querySelector("#live-text").textContent === "live"`)
 	if got := text(card + " span.status"); got != "idle" {
 		t.Errorf("status before any build = %q, want idle", got)
@@ -147,6 +153,7 @@ func TestWebPageLiveBuild(t *testing.T) {
 	if got := text("#build-status"); got != "success" {
 		t.Errorf("build detail status = %q, want success", got)
 	}
+	testsupport.RequireBuildSucceeded(t, srv, srv.Build(t, latestBuild(t, srv, name).ID))
 	if marker, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.__marker || 0`)); err != nil || marker != 1 {
 		t.Errorf("window.__marker = %d (%v) after the build: the page reloaded or navigated instead of updating live", marker, err)
 	}
@@ -172,6 +179,36 @@ func TestWebPageLiveBuild(t *testing.T) {
 		}
 		t.Logf("screenshot: %s", filepath.Join(dir, "web-page.png"))
 	}
+}
+
+// waitPage waits until the JavaScript expression expr is true on the
+// page. It fails at once, with the build's log, when the latest build of
+// repo has ended in another state than wantEnd ("" when no end is right
+// yet), and with diag() when the page fails or the deadline of ctx passes.
+func waitPage(t *testing.T, ctx context.Context, srv *testsupport.Server, repo, wantEnd, what, expr string, diag func() string) {
+	t.Helper()
+	testsupport.WaitUntil(t, what, func() bool {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+		if err != nil {
+			t.Fatalf("waiting for %s (%s): %v\n%s", what, expr, err, diag())
+		}
+		if ok {
+			return true
+		}
+		if b := latestBuild(t, srv, repo); b != nil && !b.Active() && b.Status != wantEnd {
+			t.Fatalf("build %d ended %s (error %q) while waiting for %s; page:\n%s\nlog of the build:\n%s",
+				b.ID, b.Status, b.Error, what, diag(), srv.Log(t, b.ID))
+		}
+		return false
+	})
+}
+
+// latestBuild returns the newest build of repo, or nil.
+func latestBuild(t *testing.T, srv *testsupport.Server, repo string) *db.Build {
+	t.Helper()
+	var r api.Repository
+	srv.GetJSON(t, "/api/v1/repositories/"+repo, &r)
+	return r.LatestBuild
 }
 
 // jsString evaluates expr for a failure message.
@@ -207,15 +244,17 @@ func TestWebPageServerRestart(t *testing.T) {
 	b := testsupport.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 90*time.Second)
 	defer cancel()
+	// The build must not end until the server is killed; after the
+	// restart it must have ended failed (interrupted).
+	wantEnd := ""
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\nrepository card: %q\nbuild: %q\nlog: %q", what, expr, err,
+		waitPage(t, ctx, srv, name, wantEnd, what, expr, func() string {
+			return fmt.Sprintf("repository card: %q\nbuild: %q\nlog: %q",
 				jsString(ctx, fmt.Sprintf(`document.querySelector("#repo-%s")?.innerText`, name)),
 				jsString(ctx, `document.querySelector("#build-meta").innerText`),
 				jsString(ctx, `document.querySelector("#log").textContent`))
-		}
+		})
 	}
 	card := "#repo-" + name
 	if err := chromedp.Do(ctx,
@@ -230,7 +269,8 @@ func TestWebPageServerRestart(t *testing.T) {
 		&& document.querySelector("#log").textContent.includes("blocker slow waiting for release")`, card))
 
 	srv.Kill(t)
-	testsupport.StartServerWithConfig(t, srv.Config) // same ports: the open page reconnects
+	srv = testsupport.StartServerWithConfig(t, srv.Config) // same ports: the open page reconnects
+	wantEnd = db.StatusFailed
 
 	waitJS("the card to show the build failed", fmt.Sprintf(`document.querySelector("%s span.status")?.textContent === "failed"`, card))
 	waitJS("the build detail to show it failed", `document.querySelector("#build-status")?.textContent === "failed"

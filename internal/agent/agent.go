@@ -51,6 +51,16 @@ func New(cfg Config) (*Agent, error) {
 	if len(cfg.ServerKeys) == 0 {
 		return nil, errors.New("no server keys: the agent refuses every reply it cannot verify")
 	}
+	// Refuse at start what would make a deploy impossible to undo: on
+	// NixOS both links always exist, so a missing one is a wrong flag.
+	if err := checkCurrentSystem(cfg.CurrentSystem); err != nil {
+		return nil, err
+	}
+	if !cfg.DryRun {
+		if _, err := profileGeneration(cfg.Profile); err != nil {
+			return nil, err
+		}
+	}
 	res, err := keygen.Ensure(keygen.Options{
 		KeyFile: cfg.KeyFile,
 		Name:    cfg.Host,
@@ -118,10 +128,14 @@ func (a *Agent) nextWait() time.Duration {
 // succeed; a host that awaits approval is not an error.
 func (a *Agent) RunOnce(ctx context.Context) error {
 	var deployErr error
+	// deployed are this round's targets: whatever the server answers, one
+	// round never deploys a target twice.
+	deployed := make(map[string]bool)
 	for deploys := 0; ; deploys++ {
 		reply, hb, err := a.heartbeat(ctx)
 		if errors.Is(err, ErrPending) {
 			a.log.Info("waiting for approval: an admin must approve this host and its key",
+				"approve_with", "crystal-forge host approve "+a.cfg.Host,
 				"public_key", a.key.Public().String(), "detail", err)
 			return deployErr
 		}
@@ -132,11 +146,16 @@ func (a *Agent) RunOnce(ctx context.Context) error {
 		if target == "" {
 			return deployErr
 		}
+		if deployed[target] {
+			a.log.Warn("server names a target this round already deployed: leaving it to the next heartbeat", "target", target)
+			return deployErr
+		}
 		if deploys == maxDeploysPerRound {
 			a.log.Warn("server names yet another target: leaving it to the next heartbeat", "target", target)
 			return deployErr
 		}
 		a.log.Info("server names a new target", "target", target, "reason", reply.Reason, "current", hb.Current)
+		deployed[target] = true
 		report, touched := a.deployer.deploy(ctx, target)
 		a.mu.Lock()
 		a.pending = &report

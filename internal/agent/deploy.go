@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -85,6 +86,12 @@ func (d *Deployer) deploy(ctx context.Context, target string) (r fleetproto.Depl
 		return r, false
 	}
 
+	// Refuse before changing anything a deploy that could not be undone.
+	prevGen, err := d.rollbackPoint(r.Previous)
+	if err != nil {
+		return fail(fleetproto.DeployNotApplied, fmt.Errorf("refusing to deploy: no way back if it fails: %w", err))
+	}
+
 	log.Info("deploying")
 	if err := d.fetch(ctx, log, target); err != nil {
 		return fail(fleetproto.DeployNotApplied, fmt.Errorf("fetch closure: %w", err))
@@ -96,19 +103,19 @@ func (d *Deployer) deploy(ctx context.Context, target string) (r fleetproto.Depl
 	// From here on the host changes: finish, or roll back, whatever ctx says.
 	ctx = context.WithoutCancel(ctx)
 	touched = true
-	prevGen, hadGen := d.currentGeneration()
 	stepErr := d.setProfile(ctx, log, target)
 	profileSet := stepErr == nil
 	if stepErr != nil {
 		stepErr = fmt.Errorf("set profile %s: %w", d.cfg.Profile, stepErr)
 	} else if err := d.activate(ctx, log, target); err != nil {
 		stepErr = fmt.Errorf("activate %s: %w", target, err)
+	} else if now := readLink(d.cfg.CurrentSystem); now != target {
+		// The host does not run the target whatever the exit code said:
+		// reporting success would leave the server believing it does.
+		stepErr = fmt.Errorf("activate %s: %s exited 0 but %s points at %q, not the target", target, switchScript, d.cfg.CurrentSystem, now)
 	}
 	if stepErr == nil {
 		r.Status = fleetproto.DeploySuccess
-		if now := readLink(d.cfg.CurrentSystem); now != target {
-			log.Warn("activation succeeded but the current system does not point at the target", "current_system", d.cfg.CurrentSystem, "now", now)
-		}
 		log.Info("deployed", "duration", time.Since(start).Round(time.Millisecond))
 		return r, touched
 	}
@@ -116,21 +123,12 @@ func (d *Deployer) deploy(ctx context.Context, target string) (r fleetproto.Depl
 	log.Error("deploy failed, rolling back", "err", stepErr)
 	var rbErrs []error
 	if profileSet {
-		if !hadGen {
-			rbErrs = append(rbErrs, fmt.Errorf("profile %s had no generation before the deploy to go back to", d.cfg.Profile))
-		} else if err := d.switchGeneration(ctx, log, prevGen); err != nil {
+		if err := d.switchGeneration(ctx, log, prevGen); err != nil {
 			rbErrs = append(rbErrs, fmt.Errorf("switch profile back to generation %d: %w", prevGen, err))
 		}
 	}
-	switch {
-	case r.Previous == "":
-		rbErrs = append(rbErrs, fmt.Errorf("no previous system to re-activate (%s is not a link)", d.cfg.CurrentSystem))
-	case !isExecutable(d.storeFile(r.Previous, switchScript)):
-		rbErrs = append(rbErrs, fmt.Errorf("previous system %s has no %s", r.Previous, switchScript))
-	default:
-		if err := d.activate(ctx, log, r.Previous); err != nil {
-			rbErrs = append(rbErrs, fmt.Errorf("re-activate %s: %w", r.Previous, err))
-		}
+	if err := d.activate(ctx, log, r.Previous); err != nil {
+		rbErrs = append(rbErrs, fmt.Errorf("re-activate %s: %w", r.Previous, err))
 	}
 	if len(rbErrs) > 0 {
 		return fail(fleetproto.DeployFailed, fmt.Errorf("%w; rollback failed: %w", stepErr, errors.Join(rbErrs...)))
@@ -214,22 +212,63 @@ func (d *Deployer) activate(ctx context.Context, log *slog.Logger, system string
 	return err
 }
 
-// currentGeneration returns the generation number the profile points at.
+// rollbackPoint checks that a deploy can be undone: the current system is
+// a link to a system with a switch script (previous is its target), and
+// the profile points at a generation. It returns that generation.
+func (d *Deployer) rollbackPoint(previous string) (int, error) {
+	if err := checkCurrentSystem(d.cfg.CurrentSystem); err != nil {
+		return 0, err
+	}
+	if !isExecutable(d.storeFile(previous, switchScript)) {
+		return 0, fmt.Errorf("the running system %s (from %s) has no executable %s to re-activate", previous, d.cfg.CurrentSystem, switchScript)
+	}
+	return profileGeneration(d.cfg.Profile)
+}
+
+// checkCurrentSystem checks that the current-system link exists and is a
+// symlink: without it the agent can neither report nor restore what runs.
+func checkCurrentSystem(path string) error {
+	if err := checkSymlink(path); err != nil {
+		return fmt.Errorf("current system %w: pass --current-system the symlink to the running system (%s on NixOS)", err, DefaultCurrentSystem)
+	}
+	return nil
+}
+
+// profileGeneration returns the generation number the profile points at.
 // Rolling back to this number, rather than with --rollback, returns to it
 // even when `nix-env --set` reused a generation instead of adding one.
-func (d *Deployer) currentGeneration() (int, bool) {
-	t, err := os.Readlink(d.cfg.Profile)
+func profileGeneration(profile string) (int, error) {
+	const hint = "pass --profile the system profile (%s on NixOS)"
+	if err := checkSymlink(profile); err != nil {
+		return 0, fmt.Errorf("system profile %w: "+hint, err, DefaultProfile)
+	}
+	t, err := os.Readlink(profile)
 	if err != nil {
-		return 0, false
+		return 0, fmt.Errorf("system profile: %w", err)
 	}
 	// A generation link is named "<profile>-<number>-link".
-	num, ok1 := strings.CutPrefix(filepath.Base(t), filepath.Base(d.cfg.Profile)+"-")
+	num, ok1 := strings.CutPrefix(filepath.Base(t), filepath.Base(profile)+"-")
 	num, ok2 := strings.CutSuffix(num, "-link")
-	if !ok1 || !ok2 {
-		return 0, false
-	}
 	n, err := strconv.Atoi(num)
-	return n, err == nil && n > 0
+	if !ok1 || !ok2 || err != nil || n <= 0 {
+		return 0, fmt.Errorf("system profile %s points at %q, not a generation (%s-<N>-link): "+hint,
+			profile, t, filepath.Base(profile), DefaultProfile)
+	}
+	return n, nil
+}
+
+// checkSymlink says what is wrong when path is not a symlink.
+func checkSymlink(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s does not exist", path)
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSymlink == 0:
+		return fmt.Errorf("%s is not a symlink", path)
+	}
+	return nil
 }
 
 func (d *Deployer) storeArgs() []string {
@@ -250,7 +289,8 @@ func (d *Deployer) run(ctx context.Context, log *slog.Logger, name string, args 
 	log = log.With("cmd", filepath.Base(name))
 	log.Info("running", "argv", strings.Join(append([]string{name}, args...), " "))
 	out := newOutputLog(log)
-	err := command.New(ctx, command.Cmd{Stdout: out, Stderr: out}, name, args...).Run()
+	// A crash of the agent must not stop a switch or profile update half-way.
+	err := command.New(ctx, command.Cmd{Stdout: out, Stderr: out, OutliveParent: true}, name, args...).Run()
 	out.Flush()
 	if err != nil {
 		return fmt.Errorf("%s: %w: %s", filepath.Base(name), err, out.Tail())

@@ -27,9 +27,11 @@ import (
 // bin/switch-to-configuration that appends "activated <itself> <action>" to
 // the log file and points the current-system link at itself, both paths
 // baked in at build time (the script runs as the test, so any path works).
-// The "bad" system records its activation and fails before switching; the
-// "hang" one records it, writes its PID next to the log and never finishes.
-// "notsystem" has no switch script.
+// "base" is what the host runs at the start (newDeployEnv). The "bad" system
+// records its activation and fails before switching; the "hang" one records
+// it, writes its PID next to the log and never finishes; the "noop" one
+// records it and exits 0 without switching. "notsystem" has no switch
+// script.
 const systemsNix = `{ nonce, log, current }:
 let
   mk = name: mode: derivation {
@@ -44,14 +46,17 @@ let
       printf '#!/bin/sh\necho "activated %s $1" >> "%s"\n' "$out" "$log" > $s
       if [ "$mode" = fail ]; then printf 'echo "switch failed on purpose" >&2\nexit 1\n' >> $s; fi
       if [ "$mode" = hang ]; then printf 'echo $$ > "%s.hang-pid"\nexec sleep 3600\n' "$log" >> $s; fi
+      if [ "$mode" = noop ]; then printf 'exit 0\n' >> $s; fi
       printf 'ln -sfn "%s" "%s"\n' "$out" "$current" >> $s
       chmod 0755 $s
     '' ];
   };
 in [
+  (mk "base" "ok")
   (mk "good" "ok")
   (mk "bad" "fail")
   (mk "hang" "hang")
+  (mk "noop" "noop")
   (derivation {
     name = "notsystem-${nonce}";
     system = builtins.currentSystem;
@@ -64,8 +69,8 @@ in [
 
 // fakeSystems are fresh system closures in the system store.
 type fakeSystems struct {
-	good, bad, hang, notSystem string
-	log                        string // the activation log
+	base, good, bad, hang, noop, notSystem string
+	log                                    string // the activation log
 }
 
 // buildSystems builds fakeSystems whose switch scripts log to dir's
@@ -88,6 +93,10 @@ func buildSystems(t *testing.T, dir, current string) fakeSystems {
 	paths := strings.Fields(string(out))
 	for _, p := range paths {
 		switch {
+		case strings.Contains(p, "-nixos-system-base-"):
+			sys.base = p
+		case strings.Contains(p, "-nixos-system-noop-"):
+			sys.noop = p
 		case strings.Contains(p, "-nixos-system-good-"):
 			sys.good = p
 		case strings.Contains(p, "-nixos-system-bad-"):
@@ -98,8 +107,8 @@ func buildSystems(t *testing.T, dir, current string) fakeSystems {
 			sys.notSystem = p
 		}
 	}
-	if sys.good == "" || sys.bad == "" || sys.hang == "" || sys.notSystem == "" {
-		t.Fatalf("nix-build printed %q, want four systems", out)
+	if sys.base == "" || sys.good == "" || sys.bad == "" || sys.hang == "" || sys.noop == "" || sys.notSystem == "" {
+		t.Fatalf("nix-build printed %q, want six systems", out)
 	}
 	t.Cleanup(func() {
 		drvs, _ := testsupport.NixOutput(context.Background(), append([]string{"nix-store", "--query", "--deriver"}, paths...)...)
@@ -119,7 +128,7 @@ func startCache(t *testing.T) (url, publicKey string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { store.Close() })
+	testsupport.CloseAtCleanup(t, store)
 	key := newCacheKey(t)
 	srv, err := cache.New(cache.Config{Store: store, Keys: []*signing.SecretKey{key}, Logger: testLogger(t)})
 	if err != nil {
@@ -142,7 +151,9 @@ func newCacheKey(t *testing.T) *signing.SecretKey {
 }
 
 // deployEnv is a host to deploy to: a fresh chroot store, a profile and a
-// current-system link in a temporary directory, and the fake systems.
+// current-system link in a temporary directory, and the fake systems. The
+// host runs sys.base, profile generation 1, as a NixOS host always runs
+// something.
 type deployEnv struct {
 	cfg Config
 	sys fakeSystems
@@ -154,7 +165,7 @@ func newDeployEnv(t *testing.T) deployEnv {
 	dir := t.TempDir()
 	current := filepath.Join(dir, "current-system")
 	url, pub := startCache(t)
-	return deployEnv{
+	env := deployEnv{
 		sys: buildSystems(t, dir, current),
 		cfg: Config{
 			CurrentSystem:     current,
@@ -164,6 +175,25 @@ func newDeployEnv(t *testing.T) deployEnv {
 			StoreRoot:         testsupport.NewLocalStore(t),
 			Logger:            testLogger(t),
 		},
+	}
+	env.install(t, env.sys.base)
+	if err := os.MkdirAll(filepath.Dir(env.cfg.Profile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testsupport.NixCommand(t.Context(), "nix-env", "--store", env.cfg.StoreRoot,
+		"--profile", env.cfg.Profile, "--set", env.sys.base); err != nil {
+		t.Fatalf("set the profile to the base system: %v", err)
+	}
+	setCurrent(t, current, env.sys.base)
+	return env
+}
+
+// install copies p from the system store into the host's store, as if it
+// had been deployed before.
+func (e deployEnv) install(t *testing.T, p string) {
+	t.Helper()
+	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", e.cfg.StoreRoot, p); err != nil {
+		t.Fatalf("copy %s into the host's store: %v", p, err)
 	}
 }
 
@@ -224,13 +254,13 @@ func TestDeploySwitchesAndRollsBack(t *testing.T) {
 	if r.Status != fleetproto.DeploySuccess || r.Error != "" {
 		t.Fatalf("deploy good: status %q, error %q", r.Status, r.Error)
 	}
-	if r.Target != sys.good || r.Previous != "" || r.StartedAt.IsZero() || r.DurationMS <= 0 {
+	if r.Target != sys.good || r.Previous != sys.base || r.StartedAt.IsZero() || r.DurationMS <= 0 {
 		t.Errorf("report %+v", r)
 	}
 	if !inStore(t, cfg.StoreRoot, sys.good) {
 		t.Errorf("%s is not valid in the agent's store after the deploy", sys.good)
 	}
-	checkProfile(t, cfg.Profile, "1", sys.good)
+	checkProfile(t, cfg.Profile, "2", sys.good)
 	if got, want := sys.activations(t), []string{"activated " + sys.good + " switch"}; !slices.Equal(got, want) {
 		t.Errorf("activation log %q, want %q", got, want)
 	}
@@ -252,9 +282,9 @@ func TestDeploySwitchesAndRollsBack(t *testing.T) {
 			t.Errorf("error %q does not mention %q", r.Error, want)
 		}
 	}
-	checkProfile(t, cfg.Profile, "1", sys.good)
-	if gen2, err := os.Readlink(cfg.Profile + "-2-link"); err != nil || gen2 != sys.bad {
-		t.Errorf("generation 2 = %q, %v; want the bad system, kept for inspection", gen2, err)
+	checkProfile(t, cfg.Profile, "2", sys.good)
+	if gen3, err := os.Readlink(cfg.Profile + "-3-link"); err != nil || gen3 != sys.bad {
+		t.Errorf("generation 3 = %q, %v; want the bad system, kept for inspection", gen3, err)
 	}
 	want := []string{
 		"activated " + sys.good + " switch",
@@ -273,7 +303,7 @@ func TestDeploySwitchesAndRollsBack(t *testing.T) {
 	if r.Status != fleetproto.DeployNotApplied || !strings.Contains(r.Error, "not a NixOS system") {
 		t.Errorf("deploy of a non-system: status %q, error %q", r.Status, r.Error)
 	}
-	checkProfile(t, cfg.Profile, "1", sys.good)
+	checkProfile(t, cfg.Profile, "2", sys.good)
 	if got := sys.activations(t); len(got) != 3 {
 		t.Errorf("activation log %q after refusing a non-system", got)
 	}
@@ -308,7 +338,7 @@ func TestDeployActivationTimeout(t *testing.T) {
 	if cur := readLink(cfg.CurrentSystem); cur != sys.good {
 		t.Errorf("current system %q after the rollback, want %q", cur, sys.good)
 	}
-	checkProfile(t, cfg.Profile, "1", sys.good)
+	checkProfile(t, cfg.Profile, "2", sys.good)
 
 	// The hung script exec'd sleep under the same PID: it must be gone.
 	data, err := os.ReadFile(sys.log + ".hang-pid")
@@ -324,17 +354,108 @@ func TestDeployActivationTimeout(t *testing.T) {
 	}
 }
 
-func TestDeployRollbackFailsWithoutPrevious(t *testing.T) {
+// TestDeployNoopActivation: a switch script that exits 0 but leaves the
+// current system where it was did not deploy the target: the deploy is
+// rolled back, not reported as a success.
+func TestDeployNoopActivation(t *testing.T) {
 	env := newDeployEnv(t)
-	// A first deploy that fails has nothing to go back to.
-	r := newDeployer(t, env.cfg).Deploy(t.Context(), env.sys.bad)
-	if r.Status != fleetproto.DeployFailed {
-		t.Fatalf("status %q, error %q; want failed", r.Status, r.Error)
+	cfg, sys := env.cfg, env.sys
+	r := newDeployer(t, cfg).Deploy(t.Context(), sys.noop)
+	if r.Status != fleetproto.DeployRolledBack {
+		t.Fatalf("status %q, error %q; want rolled-back", r.Status, r.Error)
 	}
-	for _, want := range []string{"activate", "rollback failed", "no generation before", "no previous system"} {
+	for _, want := range []string{"activate " + sys.noop, "exited 0 but " + cfg.CurrentSystem + " points at", sys.base, "not the target"} {
 		if !strings.Contains(r.Error, want) {
 			t.Errorf("error %q does not mention %q", r.Error, want)
 		}
+	}
+	want := []string{"activated " + sys.noop + " switch", "activated " + sys.base + " switch"}
+	if got := sys.activations(t); !slices.Equal(got, want) {
+		t.Errorf("activation log\n%q\nwant\n%q", got, want)
+	}
+	checkProfile(t, cfg.Profile, "1", sys.base)
+}
+
+// TestDeployRollbackFails: when re-activating the previous system fails
+// too, the deploy is failed, and says both.
+func TestDeployRollbackFails(t *testing.T) {
+	env := newDeployEnv(t)
+	cfg, sys := env.cfg, env.sys
+	// The host runs the bad system, so going back to it fails.
+	env.install(t, sys.bad)
+	setCurrent(t, cfg.CurrentSystem, sys.bad)
+	r := newDeployer(t, cfg).Deploy(t.Context(), sys.noop)
+	if r.Status != fleetproto.DeployFailed {
+		t.Fatalf("status %q, error %q; want failed", r.Status, r.Error)
+	}
+	for _, want := range []string{"activate " + sys.noop, "rollback failed", "re-activate " + sys.bad, "switch failed on purpose"} {
+		if !strings.Contains(r.Error, want) {
+			t.Errorf("error %q does not mention %q", r.Error, want)
+		}
+	}
+	// The profile went back all the same.
+	checkProfile(t, cfg.Profile, "1", sys.base)
+}
+
+// TestDeployRefusedWithoutWayBack: a deploy that could not be rolled back
+// is refused before anything is fetched or changed, and says what to fix.
+func TestDeployRefusedWithoutWayBack(t *testing.T) {
+	env := newDeployEnv(t)
+	cfg, sys := env.cfg, env.sys
+	tests := []struct {
+		name   string
+		breakf func(t *testing.T)
+		want   []string
+	}{
+		{"no current system", func(t *testing.T) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+		},
+			[]string{"current system " + cfg.CurrentSystem + " does not exist", "--current-system", DefaultCurrentSystem}},
+		{"current system not a link", func(t *testing.T) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(cfg.CurrentSystem, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{cfg.CurrentSystem + " is not a symlink", "--current-system"}},
+		{"running system has no switch script", func(t *testing.T) { setCurrent(t, cfg.CurrentSystem, sys.notSystem) },
+			[]string{"the running system " + sys.notSystem, "no executable bin/switch-to-configuration"}},
+		{"no profile", func(t *testing.T) {
+			if err := os.Remove(cfg.Profile); err != nil {
+				t.Fatal(err)
+			}
+		},
+			[]string{"system profile " + cfg.Profile + " does not exist", "--profile", DefaultProfile}},
+		{"profile not a generation", func(t *testing.T) { setCurrent(t, cfg.Profile, sys.base) },
+			[]string{"system profile " + cfg.Profile + " points at", "not a generation", "--profile"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Cleanup(func() {
+				// setCurrent removes what the case left in place.
+				setCurrent(t, cfg.CurrentSystem, sys.base)
+				setCurrent(t, cfg.Profile, filepath.Base(cfg.Profile)+"-1-link")
+			})
+			tt.breakf(t)
+			r := newDeployer(t, cfg).Deploy(t.Context(), sys.good)
+			if r.Status != fleetproto.DeployNotApplied {
+				t.Fatalf("status %q, error %q; want not-applied", r.Status, r.Error)
+			}
+			for _, want := range append([]string{"refusing to deploy"}, tt.want...) {
+				if !strings.Contains(r.Error, want) {
+					t.Errorf("error %q does not mention %q", r.Error, want)
+				}
+			}
+			if inStore(t, cfg.StoreRoot, sys.good) {
+				t.Errorf("%s was fetched for a refused deploy", sys.good)
+			}
+			if got := sys.activations(t); got != nil {
+				t.Errorf("something was activated: %q", got)
+			}
+		})
 	}
 }
 
@@ -352,9 +473,7 @@ func TestDeployUntrustedCacheKey(t *testing.T) {
 	if inStore(t, cfg.StoreRoot, sys.good) {
 		t.Errorf("%s is valid in the agent's store after a refused copy", sys.good)
 	}
-	if _, err := os.Lstat(cfg.Profile); err == nil {
-		t.Error("the profile was created")
-	}
+	checkProfile(t, cfg.Profile, "1", sys.base)
 	if got := sys.activations(t); got != nil {
 		t.Errorf("something was activated: %q", got)
 	}
@@ -441,7 +560,7 @@ func TestAgentDeploysWhatServerNames(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("server received %d heartbeats, want 2", len(got))
 	}
-	if got[0].hb.Current != "" || got[0].hb.Deployment != nil {
+	if got[0].hb.Current != sys.base || got[0].hb.Deployment != nil {
 		t.Errorf("first heartbeat: current %q, report %+v", got[0].hb.Current, got[0].hb.Deployment)
 	}
 	hb := got[1].hb
@@ -451,7 +570,7 @@ func TestAgentDeploysWhatServerNames(t *testing.T) {
 	if r := hb.Deployment; r == nil || r.Status != fleetproto.DeploySuccess || r.Target != sys.good {
 		t.Fatalf("report %+v, want a successful switch to %s", r, sys.good)
 	}
-	checkProfile(t, cfg.Profile, "1", sys.good)
+	checkProfile(t, cfg.Profile, "2", sys.good)
 
 	// Current is the target now: nothing to do.
 	if err := a.RunOnce(t.Context()); err != nil {
@@ -486,5 +605,60 @@ func TestAgentDeploysWhatServerNames(t *testing.T) {
 	}
 	if m := len(sys.activations(t)); m != n {
 		t.Errorf("the broken target was activated again (%d activations, was %d)", m, n)
+	}
+}
+
+// TestAgentNeverDeploysTwiceInARound: the server keeps naming a target the
+// host does not end up running; one round deploys it once and stops.
+func TestAgentNeverDeploysTwiceInARound(t *testing.T) {
+	env := newDeployEnv(t)
+	sys := env.sys
+	tests := []struct {
+		name       string
+		target     string
+		wantStatus string
+	}{
+		// Activation exits 0 and changes nothing: rolled back.
+		{"no-op activation", sys.noop, fleetproto.DeployRolledBack},
+		// Fetched, refused, nothing changed: nothing remembers it but
+		// the round.
+		{"not a system", sys.notSystem, fleetproto.DeployNotApplied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFakeServer(t)
+			cfg := testConfig(t, s)
+			cfg.DryRun = false
+			cfg.CurrentSystem, cfg.Profile = env.cfg.CurrentSystem, env.cfg.Profile
+			cfg.Substituters, cfg.TrustedPublicKeys, cfg.StoreRoot = env.cfg.Substituters, env.cfg.TrustedPublicKeys, env.cfg.StoreRoot
+			a := newAgent(t, cfg)
+			before := len(sys.activations(t))
+
+			s.setAnswer(s.answerWith(approve(tt.target)))
+			err := a.RunOnce(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tt.wantStatus) {
+				t.Fatalf("RunOnce error = %v, want the %s deploy", err, tt.wantStatus)
+			}
+			got := s.take()
+			if len(got) != 2 {
+				t.Fatalf("server received %d heartbeats, want 2: one deploy, one report", len(got))
+			}
+			if r := got[1].hb.Deployment; r == nil || r.Status != tt.wantStatus || r.Target != tt.target {
+				t.Errorf("report %+v, want %s for %s", r, tt.wantStatus, tt.target)
+			}
+			if got[1].hb.Current != sys.base {
+				t.Errorf("current %q after the round, want %q", got[1].hb.Current, sys.base)
+			}
+			var activated []string
+			for _, l := range sys.activations(t)[before:] {
+				if strings.Contains(l, tt.target) {
+					activated = append(activated, l)
+				}
+			}
+			if len(activated) > 1 {
+				t.Errorf("%s was activated %d times in one round: %q", tt.target, len(activated), activated)
+			}
+			checkProfile(t, cfg.Profile, "1", sys.base)
+		})
 	}
 }

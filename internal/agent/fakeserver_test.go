@@ -2,7 +2,9 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -67,7 +69,10 @@ func (s *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	json.Unmarshal(body, &rec.raw)
+	if err := json.Unmarshal(body, &rec.raw); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	key, err := fleetproto.HeartbeatKey(r.Header)
 	if err == nil {
 		err = fleetproto.VerifyHeartbeat(r.Header, body, key)
@@ -144,10 +149,12 @@ func answerStatus(code int, body string) func(http.ResponseWriter, fleetproto.He
 }
 
 // testConfig is an agent configuration against s, with its own key file,
-// current-system link and fact tree, and dry-run on.
+// current-system link (to systemA) and fact tree, and dry-run on (so no
+// profile).
 func testConfig(t *testing.T, s *fakeServer) Config {
 	t.Helper()
 	dir := t.TempDir()
+	setCurrent(t, filepath.Join(dir, "current-system"), systemA)
 	return Config{
 		ServerURL:     s.url,
 		Host:          "chesty",
@@ -177,7 +184,9 @@ func newAgent(t *testing.T, cfg Config) *Agent {
 
 func setCurrent(t *testing.T, link, target string) {
 	t.Helper()
-	os.Remove(link)
+	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}

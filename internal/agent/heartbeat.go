@@ -75,6 +75,10 @@ func (a *Agent) heartbeat(ctx context.Context) (*fleetproto.Reply, *fleetproto.H
 	}
 
 	reply, err := a.checkReply(resp.Header, data, hb)
+	if errors.Is(err, fleetproto.ErrBadSignature) {
+		err = fmt.Errorf("%w: the server key given to the agent (--server-key) is not the one this server signs with; "+
+			"use the \"public_key\" of GET %s/info", err, a.cfg.ServerURL)
+	}
 	if err != nil {
 		return nil, hb, fmt.Errorf("%w: %w (server %s)", ErrRefused, err, url)
 	}

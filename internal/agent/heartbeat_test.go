@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,7 +101,9 @@ func TestHeartbeatIsSignedAndDescribesHost(t *testing.T) {
 
 	// The next heartbeat has a new nonce; with no current system,
 	// current is empty.
-	os.Remove(cfg.CurrentSystem)
+	if err := os.Remove(cfg.CurrentSystem); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := a.HeartbeatOnce(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +116,7 @@ func TestHeartbeatIsSignedAndDescribesHost(t *testing.T) {
 	}
 
 	// The key is created once: a second agent uses the same one.
+	setCurrent(t, cfg.CurrentSystem, systemA)
 	if b := newAgent(t, cfg); b.PublicKey().String() != key.Public().String() {
 		t.Error("a restarted agent has a new key")
 	}
@@ -127,11 +132,14 @@ func TestReplyRefused(t *testing.T) {
 		edit   func(*fleetproto.Reply)
 		sign   func(s *fakeServer) func(h http.Header, body []byte)
 		wantIn string
+		// wantKeyHint: the error tells to check --server-key against /info.
+		wantKeyHint bool
 	}{
 		{
-			name:   "signed by another key",
-			sign:   func(*fakeServer) func(http.Header, []byte) { return signReplyWith(other) },
-			wantIn: "signature does not verify",
+			name:        "signed by another key",
+			sign:        func(*fakeServer) func(http.Header, []byte) { return signReplyWith(other) },
+			wantIn:      "signature does not verify",
+			wantKeyHint: true,
 		},
 		{
 			name: "unsigned",
@@ -145,7 +153,8 @@ func TestReplyRefused(t *testing.T) {
 			sign: func(s *fakeServer) func(http.Header, []byte) {
 				return func(h http.Header, body []byte) { fleetproto.SignHeartbeat(h, body, s.key) }
 			},
-			wantIn: "signature does not verify",
+			wantIn:      "signature does not verify",
+			wantKeyHint: true,
 		},
 		{
 			name: "signature over other bytes",
@@ -154,7 +163,8 @@ func TestReplyRefused(t *testing.T) {
 					fleetproto.SignReply(h, []byte(strings.Replace(string(body), "bbbb", "cccc", 1)), s.key)
 				}
 			},
-			wantIn: "signature does not verify",
+			wantIn:      "signature does not verify",
+			wantKeyHint: true,
 		},
 		{
 			name:   "another heartbeat's nonce",
@@ -187,6 +197,10 @@ func TestReplyRefused(t *testing.T) {
 			err := a.RunOnce(t.Context())
 			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tt.wantIn) {
 				t.Fatalf("RunOnce error = %v, want a refused reply mentioning %q", err, tt.wantIn)
+			}
+			hint := `(--server-key) is not the one this server signs with; use the "public_key" of GET ` + s.url + "/info"
+			if got := strings.Contains(err.Error(), hint); got != tt.wantKeyHint {
+				t.Errorf("error %q: contains the hint %q = %v, want %v", err, hint, got, tt.wantKeyHint)
 			}
 			if !strings.HasPrefix(err.Error(), "refusing reply: ") {
 				t.Errorf("error %q does not start with \"refusing reply: \"", err)
@@ -457,5 +471,95 @@ func TestTimestampsIncrease(t *testing.T) {
 	}
 	if d := time.Since(time.UnixMilli(last)); d < -time.Second {
 		t.Errorf("timestamps ran %v ahead of the clock", -d)
+	}
+}
+
+// TestPendingLogNamesApproveCommand: a pending host's agent says what the
+// admin runs to approve it.
+func TestPendingLogNamesApproveCommand(t *testing.T) {
+	s := newFakeServer(t)
+	cfg := testConfig(t, s)
+	var logs strings.Builder
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	a := newAgent(t, cfg)
+	s.setAnswer(answerStatus(http.StatusForbidden, `{"detail":"host is waiting for approval","status":"pending"}`))
+	if err := a.RunOnce(t.Context()); err != nil {
+		t.Fatalf("RunOnce error = %v; waiting for approval is not one", err)
+	}
+	if want := `approve_with="crystal-forge host approve chesty"`; !strings.Contains(logs.String(), want) {
+		t.Errorf("log does not contain %s:\n%s", want, logs.String())
+	}
+}
+
+// TestNewRefusesMissingLinks: without a current-system link or (to deploy)
+// a profile generation, the agent cannot roll back, so it does not start,
+// and says which flag to pass; it creates no key.
+func TestNewRefusesMissingLinks(t *testing.T) {
+	s := newFakeServer(t)
+	tests := []struct {
+		name   string
+		dryRun bool
+		setup  func(t *testing.T, cfg Config)
+		want   []string // substrings of the error; none: New succeeds
+	}{
+		{"no current system", true, func(t *testing.T, cfg Config) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+		},
+			[]string{"current system", "does not exist", "pass --current-system", "/run/current-system"}},
+		{"current system is a file", true, func(t *testing.T, cfg Config) {
+			if err := os.Remove(cfg.CurrentSystem); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(cfg.CurrentSystem, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"is not a symlink", "pass --current-system"}},
+		{"no profile", false, func(t *testing.T, cfg Config) {},
+			[]string{"system profile", "does not exist", "pass --profile", "/nix/var/nix/profiles/system"}},
+		{"profile is a directory", false, func(t *testing.T, cfg Config) {
+			if err := os.MkdirAll(cfg.Profile, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"is not a symlink", "pass --profile"}},
+		{"profile points at a store path", false, func(t *testing.T, cfg Config) {
+			if err := os.MkdirAll(filepath.Dir(cfg.Profile), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			setCurrent(t, cfg.Profile, systemA)
+		}, []string{"not a generation (system-<N>-link)", "pass --profile"}},
+		{"profile generation", false, func(t *testing.T, cfg Config) {
+			if err := os.MkdirAll(filepath.Dir(cfg.Profile), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			setCurrent(t, cfg.Profile, "system-7-link")
+		}, nil},
+		{"dry run needs no profile", true, func(t *testing.T, cfg Config) {}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, s)
+			cfg.DryRun = tt.dryRun
+			tt.setup(t, cfg)
+			_, err := New(cfg)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("New succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if _, err := os.Stat(cfg.KeyFile); err == nil {
+				t.Error("a refused start created the agent key")
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,14 +32,17 @@ func Watch(ctx context.Context, path string, debounce time.Duration, log *slog.L
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
 	if err := w.Add(dir); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("watch %s: watch directory %s: %w", path, dir, err)
+		return nil, errors.Join(fmt.Errorf("watch %s: watch directory %s: %w", path, dir, err), w.Close())
 	}
 	// Read after the watch is in place, so no change falls in between.
 	last := readLink(path)
 	changes := make(chan struct{}, 1)
 	go func() {
-		defer w.Close()
+		defer func() {
+			if err := w.Close(); err != nil {
+				log.Warn("stop watching current system", "path", path, "err", err)
+			}
+		}()
 		timer := time.NewTimer(debounce)
 		timer.Stop()
 		for {

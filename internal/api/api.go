@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/web"
 )
 
@@ -28,17 +31,18 @@ type Info struct {
 	Hostname  string
 	APIPort   int
 	CachePort int
+	// CacheURL is the cache's URL as clients reach it; empty means
+	// http://<Hostname>:<CachePort>.
+	CacheURL  string
 	PublicKey string
-	// CacheURL, when set, is the cache's URL in /info and on the page
-	// (the tailnet's MagicDNS name); default http://<Hostname>:<CachePort>.
-	CacheURL string
 }
 
+// cacheURL is Info.CacheURL or its default.
 func (i Info) cacheURL() string {
 	if i.CacheURL != "" {
 		return i.CacheURL
 	}
-	return fmt.Sprintf("http://%s:%d", i.Hostname, i.CachePort)
+	return "http://" + net.JoinHostPort(i.Hostname, strconv.Itoa(i.CachePort))
 }
 
 // Config configures the API.
@@ -92,6 +96,7 @@ func New(cfg Config) *Server {
 	// Every route says what it needs (docs/security.md).
 	// The spec's endpoints.
 	s.handle("GET /{$}", accessPublic, s.index)
+	s.handle("GET /builds/{id}", accessPublic, s.buildPage)
 	s.handle("GET /info", accessRead, s.info)
 	s.handle("POST /build/trigger/{repository}", accessTrigger, s.specTrigger)
 	s.handle("GET /build/status/{repository}", accessRead, s.specStatus)
@@ -104,6 +109,7 @@ func New(cfg Config) *Server {
 	s.handle("POST /api/v1/repositories/{repository}/builds", accessTrigger, s.triggerBuild)
 	s.handle("GET /api/v1/builds/{id}", accessRead, s.getBuild)
 	s.handle("GET /api/v1/builds/{id}/log", accessRead, s.buildLog)
+	s.handle("GET /api/v1/builds/{id}/results/{result}/log", accessRead, s.resultLog)
 	s.handle("POST /api/v1/builds/{id}/cancel", accessTrigger, s.cancelBuild)
 	s.handle("GET /api/v1/events", accessRead, s.events)
 	s.handle("POST /api/v1/webhooks/{repository}", accessSigned, s.webhook)
@@ -135,14 +141,28 @@ func (s *Server) streamContext(r *http.Request) (context.Context, context.Cancel
 	return ctx, cancel
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A handler that panics (a bug) gets
+// the same 500 as any internal error, logged with its stack.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler {
+			panic(p)
+		}
+		s.internalError(w, r, fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
+	}()
+	s.mux.ServeHTTP(w, r)
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		// Only a bug can get here (every answer is one of our types);
+		// ServeHTTP turns the panic into a logged 500.
+		panic(fmt.Errorf("encode %T answer: %w", v, err))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
@@ -156,12 +176,17 @@ func writeError(w http.ResponseWriter, code int, detail string) {
 	writeJSON(w, code, map[string]string{"detail": detail})
 }
 
+// internalError is the API's only way to answer 500. The answer says
+// nothing about the cause (it could show SQL, paths, Go error text) but
+// carries a request id; the log line with the whole error has the same id.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return
 	}
-	s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	writeError(w, http.StatusInternalServerError, err.Error())
+	id := requestid.New()
+	s.log.Error("api request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set(requestid.Header, id)
+	writeError(w, http.StatusInternalServerError, "internal error; request id "+id)
 }
 
 // repository validates the {repository} path value: 400 when malformed,

@@ -42,7 +42,7 @@ func startBlocked(t *testing.T) (*ts.BuildServer, *ts.Blocker, int64, int) {
 	src := flakeRepo(t, ts.Nonce(), blocker.Package())
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
 	id := s.Trigger(t, "app")
-	pid := blocker.WaitStarted(t)
+	pid := blocker.WaitStarted(t, s, id)
 	return s, blocker, id, pid
 }
 
@@ -113,6 +113,14 @@ func logLines(log string) []string {
 	return strings.Split(strings.TrimSuffix(log, "\n"), "\n")
 }
 
+// tailLog is the end of a long log, for a failure message.
+func tailLog(log string) string {
+	if len(log) > 2000 {
+		return "…" + log[len(log)-2000:]
+	}
+	return log
+}
+
 func str(p *string) string {
 	if p == nil {
 		return "<nil>"
@@ -121,9 +129,10 @@ func str(p *string) string {
 }
 
 // TestFlakeBuild is the spec's flake build end to end: two packages build,
-// one fails in between and the build goes on and ends "success"; status,
-// status file, results, GC roots and log all agree; a second build after a
-// new commit updates the clone and builds that commit.
+// one fails in between and the build goes on, keeps what built, and ends
+// "failed"; status, status file, /api/v1, results (with the failure's
+// derivation, error and log), GC roots and log all agree; a second build
+// after a new commit updates the clone, builds that commit and succeeds.
 func TestFlakeBuild(t *testing.T) {
 	t.Parallel()
 	nonce := ts.Nonce()
@@ -140,14 +149,22 @@ func TestFlakeBuild(t *testing.T) {
 	b := s.WaitFinished(t, id)
 	full, short := ts.Head(t, src), ts.ShortHead(t, src)
 	log := s.Log(t, id)
-	if b.Status != db.StatusSuccess || b.Error != "" || b.Reason != "api" || b.Commit != full || b.ShortCommit != short {
-		t.Fatalf("build = %+v, want success of %s (%s) by api; log:\n%s", b.Build, full, short, log)
+	if b.Status != db.StatusFailed || b.Error != "1 of 4 attributes failed: bad (package)" || b.Reason != "api" || b.Commit != full || b.ShortCommit != short {
+		t.Fatalf("build = %+v, want failed (bad) of %s (%s) by api; log:\n%s", b.Build, full, short, log)
+	}
+	if want := (db.ResultCounts{Built: 3, Failed: 1}); b.Counts != want {
+		t.Errorf("counts = %+v, want %+v", b.Counts, want)
 	}
 
 	st := s.SpecStatus(t, "app")
-	if st.IsRunning || str(st.LastStatus) != "success" || str(st.LastCommit) != short || st.Repository != "app" {
-		t.Errorf("status = running %v, last_status %s, last_commit %s, repository %q; want success of %s",
+	if st.IsRunning || str(st.LastStatus) != "failed" || str(st.LastCommit) != short || st.Repository != "app" {
+		t.Errorf("status = running %v, last_status %s, last_commit %s, repository %q; want failed at %s",
 			st.IsRunning, str(st.LastStatus), str(st.LastCommit), st.Repository, short)
+	}
+	var repo api.Repository
+	s.JSON(t, "GET", "/api/v1/repositories/app", http.StatusOK, &repo)
+	if repo.LatestBuild == nil || repo.LatestBuild.Status != db.StatusFailed || str(repo.Status.LastStatus) != "failed" || repo.LatestBuild.Counts != b.Counts {
+		t.Errorf("/api/v1/repositories/app = %+v, want the failed build with its counts", repo)
 	}
 	start, err1 := time.Parse(time.RFC3339, str(st.LastStart))
 	finish, err2 := time.Parse(time.RFC3339, str(st.LastFinish))
@@ -159,8 +176,8 @@ func TestFlakeBuild(t *testing.T) {
 	}
 
 	res := resultsByAttr(b)
-	if len(b.Results) != 3 {
-		t.Fatalf("results = %d, want alpha, bad, zeta: %+v", len(b.Results), b.Results)
+	if len(b.Results) != 4 || res["checks"] == nil || res["checks"].Status != db.ResultSuccess {
+		t.Fatalf("results = %d, want checks, alpha, bad, zeta: %+v", len(b.Results), b.Results)
 	}
 	gcroots := filepath.Join(s.DataDir, "gcroots", "app")
 	for _, name := range []string{"alpha", "zeta"} {
@@ -169,8 +186,33 @@ func TestFlakeBuild(t *testing.T) {
 		}
 		requireBuilt(t, res[name], name+" "+nonce, filepath.Join(gcroots, name))
 	}
-	if bad := res["bad"]; bad == nil || bad.Kind != "package" || bad.Status != db.ResultFailed || bad.Error == "" || len(bad.OutPaths) != 0 {
-		t.Errorf("result bad = %+v, want a failed package with an error", bad)
+	bad := res["bad"]
+	if bad == nil || bad.Kind != "package" || bad.Status != db.ResultFailed || len(bad.OutPaths) != 0 ||
+		!strings.HasSuffix(bad.DrvPath, "-bad.drv") || bad.Error != "error: builder for '"+bad.DrvPath+"' failed with exit code 1" ||
+		!strings.Contains(bad.LogTail, "fixture package bad fails on purpose") {
+		t.Fatalf("result bad = %+v, want a failed package with its derivation, Nix's error and the end of its log", bad)
+	}
+	// Each attribute's own part of the log.
+	code, body := s.Do(t, "GET", fmt.Sprintf("/api/v1/builds/%d/results/%d/log", id, bad.ID), nil, nil)
+	if code != http.StatusOK || !strings.Contains(string(body), "bad> fixture package bad fails on purpose") ||
+		!strings.Contains(string(body), bad.Error) || strings.Contains(string(body), "of alpha") {
+		t.Errorf("log of bad = %d %q, want only bad's part of the build log", code, body)
+	}
+	code, body = s.Do(t, "GET", fmt.Sprintf("/api/v1/builds/%d/results/%d/log", id, res["alpha"].ID), nil, nil)
+	if code != http.StatusOK || !strings.Contains(string(body), "alpha> log line 150 of alpha") || strings.Contains(string(body), "of bad") {
+		t.Errorf("log of alpha = %d %q, want alpha's part of the build log", code, tailLog(string(body)))
+	}
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{fmt.Sprintf("/api/v1/builds/%d/results/x/log", id), http.StatusBadRequest},
+		{fmt.Sprintf("/api/v1/builds/%d/results/999999/log", id), http.StatusNotFound},
+		{fmt.Sprintf("/api/v1/builds/999999/results/%d/log", bad.ID), http.StatusNotFound},
+	} {
+		if code, body := s.Do(t, "GET", tc.path, nil, nil); code != tc.code {
+			t.Errorf("GET %s = %d %s, want %d", tc.path, code, body, tc.code)
+		}
 	}
 	if _, err := os.Lstat(filepath.Join(gcroots, "bad")); err == nil {
 		t.Errorf("a GC root exists for the failed package")
@@ -188,9 +230,12 @@ func TestFlakeBuild(t *testing.T) {
 		"Failed to build package bad",
 		"Building package zeta...",
 		"Successfully built package zeta",
-		"Build complete. All dependencies cached.",
-		"Build finished successfully for commit "+short,
+		"Build complete with failures: 3 built, 1 failed, 0 skipped; what built is cached.",
+		"Build failed for commit "+short+": 1 of 4 attributes failed: bad (package)",
 	)
+	if strings.Contains(log, "Build finished successfully") || strings.Contains(log, "All dependencies cached") {
+		t.Errorf("the log of a failed build claims success:\n%s", log)
+	}
 	// nix's own output is in the log too: the failing builder's message.
 	if !strings.Contains(log, "fixture package bad fails on purpose") || !strings.Contains(log, "log line 150 of alpha") {
 		t.Errorf("the log lacks the builders' output:\n%s", log)
@@ -217,12 +262,12 @@ func TestFlakeBuild(t *testing.T) {
 	full2 := ts.Commit(t, src, map[string]string{"flake.nix": f2.Nix()})
 	short2 := ts.ShortHead(t, src)
 	id2 := s.Trigger(t, "app")
-	b2 := s.WaitFinished(t, id2)
+	b2 := ts.WaitBuildSucceeded(t, s, id2)
 	log2 := s.Log(t, id2)
-	if b2.Status != db.StatusSuccess || b2.Commit != full2 || len(b2.Results) != 1 {
+	if b2.Commit != full2 || len(b2.Results) != 2 || b2.Counts != (db.ResultCounts{Built: 2}) {
 		t.Fatalf("second build = %+v with %d results, want success of %s; log:\n%s", b2.Build, len(b2.Results), full2, log2)
 	}
-	requireBuilt(t, b2.Results[0], "alpha "+nonce2, filepath.Join(gcroots, "alpha"))
+	requireBuilt(t, resultsByAttr(b2)["alpha"], "alpha "+nonce2, filepath.Join(gcroots, "alpha"))
 	ts.RequireLogInOrder(t, log2, "Starting build for app", "Updating repository...", "Building commit "+short2,
 		"Successfully built package alpha", "Build finished successfully for commit "+short2)
 	if strings.Contains(log2, "Cloning repository...") {
@@ -255,7 +300,7 @@ func TestTriggerWhileRunning(t *testing.T) {
 	if queued.ID == 0 || queued.Repository != "app" || queued.Reason != "api" {
 		t.Fatalf("POST /api/v1/repositories/app/builds = %+v", queued)
 	}
-	blocker.WaitStarted(t)
+	blocker.WaitStarted(t, s, queued.ID)
 
 	var again struct {
 		Status     string `json:"status"`
@@ -286,10 +331,7 @@ func TestTriggerWhileRunning(t *testing.T) {
 	}
 
 	blocker.Release(t)
-	b := s.WaitFinished(t, queued.ID)
-	if b.Status != db.StatusSuccess {
-		t.Fatalf("build = %+v, want success; log:\n%s", b.Build, s.Log(t, b.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, queued.ID)
 	st = specStatusJSON(t, s, "app")
 	if st["is_running"] != false || st["last_status"] != "success" || st["last_commit"] != ts.ShortHead(t, src) {
 		t.Errorf("status after release = %v", st)
@@ -339,11 +381,10 @@ func TestCancel(t *testing.T) {
 	}
 
 	// Nothing is left stuck: the next build of the repository succeeds.
+	// (Its builder may run as another build user: Blocker replaces the
+	// first builder's pid file by a rename, which that user may do.)
 	blocker.Release(t)
-	next := s.WaitFinished(t, s.Trigger(t, "app"))
-	if next.Status != db.StatusSuccess {
-		t.Errorf("build after the cancelled one = %+v; log:\n%s", next.Build, s.Log(t, next.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, s.Trigger(t, "app"))
 }
 
 type sseEvent struct{ name, data string }
@@ -445,6 +486,7 @@ func TestFollowLog(t *testing.T) {
 	if end.data != db.StatusSuccess {
 		t.Errorf("end event = %q, want success", end.data)
 	}
+	ts.RequireBuildSucceeded(t, s, s.Build(t, id))
 	if ev, ok := <-events; ok {
 		t.Errorf("event %+v after end", ev)
 	}
@@ -522,8 +564,8 @@ func TestWebhook(t *testing.T) {
 		t.Fatalf("signed push = %d %v, want triggered", code, m)
 	}
 	id, _ := m["build_id"].(float64)
-	b := s.WaitFinished(t, int64(id))
-	if b.Status != db.StatusSuccess || b.Reason != "webhook:github" || b.Commit != head {
+	b := ts.WaitBuildSucceeded(t, s, int64(id))
+	if b.Reason != "webhook:github" || b.Commit != head {
 		t.Errorf("webhook build = %+v, want success of %s with reason webhook:github", b.Build, head)
 	}
 	if n := buildCount(t, s, "app"); n != 1 {

@@ -152,7 +152,7 @@ func TestTokenAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(created.Token, auth.TokenPrefix) || created.Role != "trigger" || created.CreatedBy != "token:root" ||
-		created.ExpiresAt == nil || created.ExpiresAt.Sub(time.Now()) < 89*24*time.Hour {
+		created.ExpiresAt == nil || time.Until(*created.ExpiresAt) < 89*24*time.Hour {
 		t.Fatalf("created = %+v", created)
 	}
 	for _, bad := range []struct {
@@ -306,8 +306,11 @@ func TestBrowserProtections(t *testing.T) {
 			t.Fatal(err)
 		}
 		var e struct{ Detail string }
-		json.NewDecoder(resp.Body).Decode(&e)
+		err = json.NewDecoder(resp.Body).Decode(&e)
 		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s: decode the answer: %v", tc.name, err)
+		}
 		if resp.StatusCode != tc.code || !strings.Contains(e.Detail, tc.want) {
 			t.Errorf("%s: %d %q, want %d with %q", tc.name, resp.StatusCode, e.Detail, tc.code, tc.want)
 		}

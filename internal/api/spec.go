@@ -27,12 +27,21 @@ func (s *Server) repoNames() []string {
 	return names
 }
 
+// health is the spec's document; when the server cannot do all its work
+// (a status file it cannot write) status is "degraded" and problems says
+// why, still with 200: the server serves, and a probe that restarts it on
+// failure would not fix a disk.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
+	doc := map[string]any{
 		"status":        "healthy",
 		"cache_running": s.cfg.CacheRunning(),
 		"repositories":  s.repoNames(),
-	})
+	}
+	if problems := s.orch.Problems(); len(problems) > 0 {
+		doc["status"] = "degraded"
+		doc["problems"] = problems
+	}
+	writeJSON(w, http.StatusOK, doc)
 }
 
 // specTrigger is POST /build/trigger/{repository}: 200 with "triggered" or

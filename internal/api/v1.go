@@ -149,6 +149,42 @@ func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, Build{Build: b, Results: res})
 }
 
+// resultLog is GET /api/v1/builds/{id}/results/{result}/log: the part of
+// the build's log that one attribute wrote, as text (so far, while it
+// builds).
+func (s *Server) resultLog(w http.ResponseWriter, r *http.Request) {
+	b := s.buildParam(w, r)
+	if b == nil {
+		return
+	}
+	rid, err := strconv.ParseInt(r.PathValue("result"), 10, 64)
+	if err != nil || rid <= 0 {
+		writeError(w, http.StatusBadRequest, "Invalid result id")
+		return
+	}
+	res, err := s.db.Result(r.Context(), b.ID, rid)
+	if errors.Is(err, db.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("Build %d has no result %d: see GET /api/v1/builds/%d for its results", b.ID, rid, b.ID))
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if res.LogStart == nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("No log was recorded for %s in build %d: read the whole log at /api/v1/builds/%d/log", res.Attr, b.ID, b.ID))
+		return
+	}
+	// Buffer it: an error half-way could not change the status any more.
+	var buf bytes.Buffer
+	if _, err := s.orch.ResultLog(b, res, &buf); err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(buf.Bytes())
+}
+
 func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 	b := s.buildParam(w, r)
 	if b == nil {
@@ -186,12 +222,15 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 		}
 		defer f.Close()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.Copy(w, f)
+		if _, err := io.Copy(w, f); err != nil && r.Context().Err() == nil {
+			// The answer has begun: too late for a 500.
+			s.log.Warn("send build log", "build", b.ID, "err", err)
+		}
 		return
 	}
 	sse := newSSE(w)
 	if sse == nil {
-		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		s.internalError(w, r, errors.New("streaming unsupported"))
 		return
 	}
 	ctx, cancel := s.streamContext(r)
@@ -214,14 +253,19 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	// The stream ends here either way; a failed write means the client
+	// has gone, and there is no one left to tell.
 	if len(partial) > 0 {
-		sse.send("line", partial)
+		_ = sse.send("line", partial)
 	}
 	final, err := s.db.Build(r.Context(), b.ID)
-	if err == nil {
-		sse.send("end", []byte(final.Status))
+	if err != nil {
+		// Without the end event the client sees the stream close early.
+		s.log.Error("read build for the log's end event", "build", b.ID, "err", err)
+	} else {
+		_ = sse.send("end", []byte(final.Status))
 	}
-	sse.flush()
+	_ = sse.flush()
 }
 
 // events is GET /api/v1/events: a "build" event whenever a build is
@@ -229,7 +273,7 @@ func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	sse := newSSE(w)
 	if sse == nil {
-		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		s.internalError(w, r, errors.New("streaming unsupported"))
 		return
 	}
 	ctx, cancel := s.streamContext(r)

@@ -164,7 +164,11 @@ func openDB(t *testing.T) *db.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("close database: %v", err)
+		}
+	})
 	return d
 }
 
@@ -232,5 +236,36 @@ func TestTokens(t *testing.T) {
 	}
 	if err := ts.Revoke(ctx, "ops"); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("revoking twice: %v", err)
+	}
+}
+
+func TestAuthenticateUpload(t *testing.T) {
+	ctx := t.Context()
+	now := time.Now()
+	ts := &Tokens{DB: openDB(t), Now: func() time.Time { return now }}
+	mk := func(name string, role Role, ttl time.Duration) string {
+		c, err := ts.Create(ctx, name, role, ttl, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Token
+	}
+	ci, reader, admin, old := mk("ci", RoleTrigger, 0), mk("reader", RoleRead, 0), mk("ops", RoleAdmin, 0), mk("old", RoleTrigger, time.Hour)
+	now = now.Add(2 * time.Hour)
+	for _, tc := range []struct {
+		token, name string
+		ok          bool
+	}{
+		{ci, "token:ci", true},
+		{admin, "token:ops", true},
+		{reader, "token:reader", false},
+		{old, "", false},
+		{"tok-123", "", false},
+		{"", "", false},
+	} {
+		name, ok, err := ts.AuthenticateUpload(ctx, tc.token)
+		if err != nil || ok != tc.ok || name != tc.name {
+			t.Errorf("AuthenticateUpload(%.12q) = %q, %v, %v; want %q, %v", tc.token, name, ok, err, tc.name, tc.ok)
+		}
 	}
 }

@@ -111,3 +111,21 @@ func (t *Tokens) Revoke(ctx context.Context, name string) error {
 	}
 	return t.DB.DeleteToken(ctx, name)
 }
+
+// AuthenticateUpload lets API tokens of role trigger or admin push to the
+// binary cache (it implements cache.Authenticator): CI that may build may
+// also upload what it built. A token of role read, an expired or unknown
+// one, is refused.
+func (t *Tokens) AuthenticateUpload(ctx context.Context, token string) (string, bool, error) {
+	if _, err := ParseToken(token); err != nil {
+		return "", false, nil
+	}
+	id, err := t.Authenticate(ctx, token, "")
+	switch {
+	case errors.Is(err, ErrUnknownToken), errors.Is(err, ErrExpiredToken):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	return id.String(), id.Role.Allows(RoleTrigger), nil
+}

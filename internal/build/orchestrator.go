@@ -16,6 +16,7 @@ import (
 
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
+	"github.com/crystal-forge/crystal-forge/internal/git"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 )
 
@@ -31,6 +32,7 @@ type Config struct {
 	Repositories     []config.Repository
 	MaxParallel      int
 	Timeout          time.Duration // 0: none
+	GitTimeout       time.Duration // git clone/fetch/ls-remote silent this long fails; 0: never
 	PollInterval     time.Duration // 0: no polling
 	System           string
 	HomeManagerFlake string
@@ -44,6 +46,7 @@ type Orchestrator struct {
 	cfg   Config
 	db    *db.DB
 	nix   *nixcli.Nix
+	git   git.Client
 	log   *slog.Logger
 	repos map[string]config.Repository
 	order []string
@@ -59,8 +62,14 @@ type Orchestrator struct {
 	statusMu  sync.Mutex
 	statuses  map[string]Status
 	statusGen map[string]uint64
-	wg        sync.WaitGroup
-	ctx       context.Context // ends at shutdown
+
+	// fileErrs holds the status files whose last write failed, by
+	// repository, until a write succeeds.
+	fileMu   sync.Mutex
+	fileErrs map[string]error
+
+	wg  sync.WaitGroup
+	ctx context.Context // ends at shutdown
 }
 
 // run is the in-memory side of an active build.
@@ -68,6 +77,7 @@ type run struct {
 	build  *db.Build
 	cancel context.CancelCauseFunc
 	log    *liveLog
+	tally  tally // only the build's goroutine touches it
 }
 
 // errCancelled is the cause of a context ended by Cancel.
@@ -85,6 +95,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		cfg:       cfg,
 		db:        cfg.DB,
 		nix:       cfg.Nix,
+		git:       git.Client{IdleTimeout: cfg.GitTimeout},
 		log:       cfg.Logger,
 		repos:     make(map[string]config.Repository),
 		slots:     make(chan struct{}, cfg.MaxParallel),
@@ -92,6 +103,7 @@ func New(cfg Config) (*Orchestrator, error) {
 		running:   make(map[int64]*run),
 		statuses:  make(map[string]Status),
 		statusGen: make(map[string]uint64),
+		fileErrs:  make(map[string]error),
 	}
 	for _, r := range cfg.Repositories {
 		o.repos[r.Name] = r
@@ -127,6 +139,11 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	if err := o.recover(ctx); err != nil {
 		return err
 	}
+	// Bring every status file up to date, whatever a previous process
+	// failed to write.
+	for _, name := range o.order {
+		o.writeStatusFile(ctx, name)
+	}
 	if o.cfg.PollInterval > 0 {
 		o.wg.Go(func() { o.poll(ctx) })
 	}
@@ -145,9 +162,8 @@ func (o *Orchestrator) recover(ctx context.Context) error {
 	}
 	for _, b := range stale {
 		o.log.Warn("build was interrupted by a restart", "repository", b.Repository, "build", b.ID)
-		if f, err := os.OpenFile(b.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-			fmt.Fprintf(f, "Build interrupted: the server stopped while build %d was running; marked failed\n", b.ID)
-			f.Close()
+		if err := appendNote(b.LogPath, fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", b.ID)); err != nil {
+			o.log.Error("note the interruption in the build log", "build", b.ID, "err", err)
 		}
 		o.writeStatusFile(ctx, b.Repository)
 	}
@@ -174,12 +190,16 @@ func (o *Orchestrator) Trigger(ctx context.Context, repo, reason string) (*db.Bu
 	}
 	lg, err := openLiveLog(b.LogPath)
 	if err != nil {
-		o.db.FinishBuild(context.WithoutCancel(ctx), b.ID, db.StatusFailed, err.Error(), time.Now())
+		if ferr := o.db.FinishBuild(context.WithoutCancel(ctx), b.ID, db.StatusFailed, err.Error(), time.Now()); ferr != nil {
+			o.log.Error("mark build failed after its log could not be opened", "repository", repo, "build", b.ID, "err", ferr)
+		}
 		b.Status = db.StatusFailed
 		o.publish(b)
 		return nil, false, err
 	}
-	linkLatest(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), b.LogPath)
+	if err := linkLatest(filepath.Join(o.cfg.DataDir, "logs", repo+".log"), b.LogPath); err != nil {
+		o.log.Error("point the repository's log at the new build", "repository", repo, "build", b.ID, "err", err)
+	}
 	bctx, cancel := context.WithCancelCause(o.ctx)
 	rn := &run{build: b, cancel: cancel, log: lg}
 	o.mu.Lock()

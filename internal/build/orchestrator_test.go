@@ -1,8 +1,9 @@
 package build_test
 
 // Integration tests of the orchestrator: git repositories created by the
-// test, real nix builds, SQLite in a temporary data directory, observed
-// through the API and the files the orchestrator writes.
+// test, real nix builds, SQLite in a temporary data directory (and, for
+// some, PostgreSQL: eachDB), observed through the API and the files the
+// orchestrator writes.
 
 import (
 	"context"
@@ -21,7 +22,21 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachDB runs f as a subtest on SQLite and on PostgreSQL; dsn returns a
+// database of the subtest's engine (SQLite: in dataDir).
+func eachDB(t *testing.T, f func(t *testing.T, dsn func(dataDir string) string)) {
+	t.Run("sqlite", func(t *testing.T) {
+		f(t, func(dataDir string) string { return filepath.Join(dataDir, "crystal-forge.db") })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		f(t, func(string) string { return pgtest.NewDatabase(t) })
+	})
+}
 
 func flakeRepo(t *testing.T, f ts.Flake) string {
 	t.Helper()
@@ -84,14 +99,18 @@ func TestHomeManagerModules(t *testing.T) {
 		HomeManagerFlake: hmFlake,
 		NixPath:          nixPath,
 	})
-	b := s.WaitFinished(t, s.Trigger(t, "dotfiles"))
+	b := ts.WaitBuildSucceeded(t, s, s.Trigger(t, "dotfiles"))
 	log := s.Log(t, b.ID)
-	if b.Status != db.StatusSuccess || len(b.Results) != 2 {
-		t.Fatalf("build = %+v with %d results, want success with tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
+	if len(b.Results) != 3 {
+		t.Fatalf("build = %+v with %d results, want success with checks, tool and home-manager; log:\n%s", b.Build, len(b.Results), log)
 	}
-	tool, hm := b.Results[0], b.Results[1]
-	if tool.Attr != "tool" || tool.Kind != "package" || hm.Kind != "home-manager" || hm.Attr != "homeManagerConfiguration" {
-		t.Fatalf("results = %+v, %+v", tool, hm)
+	check, tool, hm := b.Results[0], b.Results[1], b.Results[2]
+	if check.Attr != "checks" || check.Kind != "check" || check.Status != db.ResultSuccess ||
+		tool.Attr != "tool" || tool.Kind != "package" || hm.Kind != "home-manager" || hm.Attr != "homeManagerConfiguration" {
+		t.Fatalf("results = %+v, %+v, %+v", check, tool, hm)
+	}
+	if want := (db.ResultCounts{Built: 3}); b.Counts != want {
+		t.Errorf("counts = %+v, want %+v", b.Counts, want)
 	}
 	readOutput(t, tool)
 	out := readOutput(t, hm)
@@ -122,10 +141,10 @@ func TestLegacyBuild(t *testing.T) {
 	})
 	okID, badID := s.Trigger(t, "legacy-ok"), s.Trigger(t, "legacy-bad")
 
-	b := s.WaitFinished(t, okID)
+	b := ts.WaitBuildSucceeded(t, s, okID)
 	log := s.Log(t, okID)
 	short := ts.ShortHead(t, good)
-	if b.Status != db.StatusSuccess || len(b.Results) != 1 {
+	if len(b.Results) != 1 {
 		t.Fatalf("legacy build = %+v with %d results; log:\n%s", b.Build, len(b.Results), log)
 	}
 	r := b.Results[0]
@@ -154,17 +173,106 @@ func TestLegacyBuild(t *testing.T) {
 	b = s.WaitFinished(t, badID)
 	log = s.Log(t, badID)
 	badShort := ts.ShortHead(t, bad)
-	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "nix-build") || b.ShortCommit != badShort {
+	if b.Status != db.StatusFailed || b.Error != "1 of 1 attributes failed: default.nix (legacy)" || b.ShortCommit != badShort {
 		t.Errorf("failing legacy build = %+v; log:\n%s", b.Build, log)
 	}
 	if len(b.Results) != 1 || b.Results[0].Kind != "legacy" || b.Results[0].Status != db.ResultFailed {
-		t.Errorf("results = %+v, want one failed legacy result", b.Results)
+		t.Fatalf("results = %+v, want one failed legacy result", b.Results)
 	}
+	requireFailure(t, b.Results[0], "cf-legacy-fixture", "legacy build fails on purpose")
 	ts.RequireLogInOrder(t, log, "No flake.nix found, will attempt default.nix")
 	if !strings.Contains(log, "legacy build fails on purpose") || !strings.Contains(log, "Error: nix-build failed") || strings.Contains(log, "Build finished successfully") {
 		t.Errorf("log of the failing legacy build:\n%s", log)
 	}
 	requireFailedStatus(t, s, "legacy-bad", badShort)
+}
+
+// requireFailure checks a failed result: its derivation (named drvName),
+// Nix's error naming it, and the end of its log holding wantTail.
+func requireFailure(t *testing.T, r *db.Result, drvName, wantTail string) {
+	t.Helper()
+	if r.Status != db.ResultFailed || !strings.HasPrefix(r.DrvPath, "/nix/store/") || !strings.HasSuffix(r.DrvPath, "-"+drvName+".drv") {
+		t.Errorf("result %s = status %s, drv %q; want failed with the derivation of %s", r.Attr, r.Status, r.DrvPath, drvName)
+	}
+	if want := "error: builder for '" + r.DrvPath + "' failed"; !strings.HasPrefix(r.Error, want) {
+		t.Errorf("error of %s = %q, want Nix's %q", r.Attr, r.Error, want)
+	}
+	if !strings.Contains(r.LogTail, wantTail) || !strings.Contains(r.LogTail, r.Error) {
+		t.Errorf("log tail of %s = %q, want the builder's %q and Nix's error", r.Attr, r.LogTail, wantTail)
+	}
+}
+
+// TestFailingCheck: a failing flake check fails the build as the
+// attribute "checks", with its derivation and log; the packages still
+// build and stay cached.
+func TestFailingCheck(t *testing.T) {
+	t.Parallel()
+	eachDB(t, testFailingCheck)
+}
+
+func testFailingCheck(t *testing.T, dsn func(string) string) {
+	nonce := ts.Nonce()
+	src := flakeRepo(t, ts.Flake{Nonce: nonce,
+		Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)},
+		Checks:   []ts.FlakePackage{ts.GoodPackage("lint", 0), ts.FailingPackage("unit")},
+	})
+	dataDir := t.TempDir()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn(dataDir), Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	b := s.WaitFinished(t, s.Trigger(t, "app"))
+	log := s.Log(t, b.ID)
+	short := ts.ShortHead(t, src)
+	if b.Status != db.StatusFailed || b.Error != "1 of 2 attributes failed: checks (check)" {
+		t.Fatalf("build = %+v, want failed by its check; log:\n%s", b.Build, log)
+	}
+	if want := (db.ResultCounts{Built: 1, Failed: 1}); b.Counts != want {
+		t.Errorf("counts = %+v, want %+v", b.Counts, want)
+	}
+	if len(b.Results) != 2 || b.Results[0].Attr != "checks" || b.Results[0].Kind != "check" {
+		t.Fatalf("results = %+v, want checks then tool", b.Results)
+	}
+	requireFailure(t, b.Results[0], "unit", "fixture package unit fails on purpose")
+	out := readOutput(t, b.Results[1])
+	if out != "tool "+nonce+"\n" {
+		t.Errorf("tool holds %q", out)
+	}
+	requireGCRoot(t, filepath.Join(s.DataDir, "gcroots", "app", "tool"), b.Results[1].OutPaths[0])
+	ts.RequireLogInOrder(t, log,
+		"Checking flake...",
+		"Flake check failed; building the packages anyway",
+		"Successfully built package tool",
+		"Build complete with failures: 1 built, 1 failed, 0 skipped; what built is cached.",
+		"Build failed for commit "+short+": 1 of 2 attributes failed: checks (check)",
+	)
+	if strings.Contains(log, "Build finished successfully") || strings.Contains(log, "All dependencies cached") {
+		t.Errorf("the log of a failed build claims success:\n%s", log)
+	}
+	requireFailedStatus(t, s, "app", short)
+}
+
+// TestEvaluationError: a flake that does not evaluate fails the build
+// with Nix's own message, said once.
+func TestEvaluationError(t *testing.T) {
+	t.Parallel()
+	src := ts.NewGitRepo(t, map[string]string{"flake.nix": `{
+  outputs = { self }: { packages.` + config.DefaultSystem() + `.broken = undefinedFixtureVariable; };
+}
+`})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	b := s.WaitFinished(t, s.Trigger(t, "app"))
+	log := s.Log(t, b.ID)
+	want := "evaluate the flake's outputs: nix flake show: error: undefined variable 'undefinedFixtureVariable'"
+	if b.Status != db.StatusFailed || !strings.HasPrefix(b.Error, want) || strings.Count(b.Error, "nix flake show") != 1 {
+		t.Fatalf("build error = %q, want it to start %q; log:\n%s", b.Error, want, log)
+	}
+	// The check evaluates the flake first and fails with the same message.
+	if len(b.Results) != 1 || b.Results[0].Attr != "checks" || b.Results[0].Status != db.ResultFailed ||
+		!strings.HasPrefix(b.Results[0].Error, "error: undefined variable 'undefinedFixtureVariable'") || b.Results[0].DrvPath != "" {
+		t.Errorf("results = %+v, want the failed check with Nix's message and no derivation", b.Results)
+	}
+	if !strings.Contains(log, "Error: cannot evaluate the flake's outputs: nix flake show: error: undefined variable") || strings.Contains(log, "Build finished successfully") {
+		t.Errorf("log:\n%s", log)
+	}
+	requireFailedStatus(t, s, "app", ts.ShortHead(t, src))
 }
 
 // TestUnreachableRepository: a clone that fails ends the build "failed"
@@ -203,6 +311,29 @@ func TestUnreachableRepository(t *testing.T) {
 	}
 }
 
+// TestSilentRemote: a remote that accepts the connection and never answers
+// fails the sync phase after git_timeout, not the build timeout, and says
+// so in the build's error and log.
+func TestSilentRemote(t *testing.T) {
+	t.Parallel()
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("silent", "git://"+ts.SilentRemote(t)+"/repo.git")},
+		Timeout:      time.Hour,
+		GitTimeout:   time.Second,
+	})
+	id := s.Trigger(t, "silent")
+	b := s.WaitFinished(t, id)
+	log := s.Log(t, id)
+	if b.Status != db.StatusFailed || !strings.Contains(b.Error, "git_timeout") {
+		t.Errorf("build = %+v, want failed naming git_timeout; log:\n%s", b.Build, log)
+	}
+	ts.RequireLogInOrder(t, log, "Starting build for silent", "Cloning repository...")
+	if !strings.Contains(log, "Error: failed to clone") || !strings.Contains(log, "nothing for 1s (git_timeout)") {
+		t.Errorf("the log does not say why the clone failed:\n%s", log)
+	}
+	requireFailedStatus(t, s, "silent", "")
+}
+
 // TestTimeout: a build running past the timeout is stopped and failed.
 func TestTimeout(t *testing.T) {
 	t.Parallel()
@@ -225,7 +356,7 @@ func TestTimeout(t *testing.T) {
 	}
 	requireFailedStatus(t, s, "app", b.ShortCommit)
 	if blocker.Started() {
-		pid := blocker.WaitStarted(t)
+		pid := blocker.WaitStarted(t, s, b.ID)
 		ts.WaitUntil(t, "the timed-out builder to exit", func() bool { return !ts.ProcessAlive(pid) })
 	}
 }
@@ -250,8 +381,8 @@ func TestPolling(t *testing.T) {
 		builds = listBuilds(t, s, "app")
 		return len(builds) > 0
 	})
-	b1 := s.WaitFinished(t, builds[0].ID)
-	if b1.Status != db.StatusSuccess || b1.Reason != "poll" || b1.Commit != head1 {
+	b1 := ts.WaitBuildSucceeded(t, s, builds[0].ID)
+	if b1.Reason != "poll" || b1.Commit != head1 {
 		t.Fatalf("first build = %+v, want a successful poll build of %s", b1.Build, head1)
 	}
 
@@ -261,8 +392,8 @@ func TestPolling(t *testing.T) {
 		builds = listBuilds(t, s, "app")
 		return builds[0].ID != b1.ID
 	})
-	b2 := s.WaitFinished(t, builds[0].ID)
-	if b2.Status != db.StatusSuccess || b2.Reason != "poll" || b2.Commit != head2 {
+	b2 := ts.WaitBuildSucceeded(t, s, builds[0].ID)
+	if b2.Reason != "poll" || b2.Commit != head2 {
 		t.Fatalf("second build = %+v, want a successful poll build of %s", b2.Build, head2)
 	}
 	if builds = listBuilds(t, s, "app"); len(builds) != 2 {
@@ -274,13 +405,18 @@ func TestPolling(t *testing.T) {
 // "interrupted" when the next server starts, and say so in their logs.
 func TestRecovery(t *testing.T) {
 	t.Parallel()
+	eachDB(t, testRecovery)
+}
+
+func testRecovery(t *testing.T, newDSN func(string) string) {
 	dataDir := t.TempDir()
+	dsn := newDSN(dataDir)
 	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("hello", 0)}})
 	ctx := t.Context()
 
 	// The server that dies: its database and orchestrator, a running build
 	// of app with a log, and a queued build of other.
-	database, err := db.Open(ctx, filepath.Join(dataDir, "crystal-forge.db"))
+	database, err := db.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,9 +445,11 @@ func TestRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	database.Close()
+	if err := database.Close(); err != nil {
+		t.Fatal(err)
+	}
 
-	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Repositories: repos})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{DataDir: dataDir, Database: dsn, Repositories: repos})
 	interrupted := fmt.Sprintf("Build interrupted: the server stopped while build %d was running; marked failed", running.ID)
 	b := s.Build(t, running.ID)
 	if b.Status != db.StatusFailed || b.Error != "interrupted" || b.FinishedAt == nil {
@@ -340,10 +478,7 @@ func TestRecovery(t *testing.T) {
 	requireFailedStatus(t, s, "other", "")
 
 	// The repository builds again.
-	next := s.WaitFinished(t, s.Trigger(t, "app"))
-	if next.Status != db.StatusSuccess {
-		t.Errorf("build after recovery = %+v; log:\n%s", next.Build, s.Log(t, next.ID))
-	}
+	ts.WaitBuildSucceeded(t, s, s.Trigger(t, "app"))
 }
 
 // TestParallelLimit: with MaxParallel 2, of three builds two run and the
@@ -409,6 +544,12 @@ func TestParallelLimit(t *testing.T) {
 		return in, out
 	}
 	ts.WaitUntil(t, "two builders to start", func() bool {
+		// None is released yet: a build that ended failed.
+		for _, name := range names {
+			if b := s.Build(t, ids[name]); !b.Active() {
+				t.Fatalf("build of %s ended %s (error %q) before it was released; log:\n%s", name, b.Status, b.Error, s.Log(t, b.ID))
+			}
+		}
 		in, _ := started()
 		return len(in) >= 2
 	})
@@ -426,10 +567,8 @@ func TestParallelLimit(t *testing.T) {
 
 	// One ends: the third starts.
 	blockers[in[0]].Release(t)
-	if b := s.WaitFinished(t, ids[in[0]]); b.Status != db.StatusSuccess {
-		t.Fatalf("released build = %+v", b.Build)
-	}
-	blockers[waiting].WaitStarted(t)
+	ts.WaitBuildSucceeded(t, s, ids[in[0]])
+	blockers[waiting].WaitStarted(t, s, ids[waiting])
 	if b := s.Build(t, ids[in[1]]); b.Status != db.StatusRunning {
 		t.Errorf("build of %s = %s, want still running", in[1], b.Status)
 	}
@@ -438,9 +577,7 @@ func TestParallelLimit(t *testing.T) {
 		blockers[name].Release(t)
 	}
 	for _, name := range names {
-		if b := s.WaitFinished(t, ids[name]); b.Status != db.StatusSuccess {
-			t.Errorf("build of %s = %+v", name, b.Build)
-		}
+		ts.WaitBuildSucceeded(t, s, ids[name])
 	}
 	stop()
 	watching.Wait()
@@ -454,5 +591,88 @@ func TestParallelLimit(t *testing.T) {
 	first, third := s.Build(t, ids[in[0]]), s.Build(t, ids[waiting])
 	if third.StartedAt.Before(*first.FinishedAt) {
 		t.Errorf("build of %s started at %s, before the build of %s ended at %s", waiting, third.StartedAt, in[0], first.FinishedAt)
+	}
+}
+
+// health is GET /health.
+type health struct {
+	Status   string   `json:"status"`
+	Problems []string `json:"problems"`
+}
+
+// TestStatusFileCatchesUp: a status file that cannot be written (the
+// status directory replaced by a regular file, which stops root too) is
+// reported by /health and written again at the next transition once the
+// disk is fixed, and at the next start.
+func TestStatusFileCatchesUp(t *testing.T) {
+	t.Parallel()
+	src := flakeRepo(t, ts.Flake{Nonce: ts.Nonce(), Packages: []ts.FlakePackage{ts.GoodPackage("tool", 0)}})
+	s := ts.StartBuildServer(t, ts.BuildServerConfig{Repositories: []config.Repository{ts.MainBranchRepo("app", src)}})
+	statusDir := filepath.Join(s.DataDir, "status")
+	file := filepath.Join(statusDir, "app.json")
+	breakDisk := func() {
+		t.Helper()
+		if err := os.RemoveAll(statusDir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(statusDir, []byte("not a directory\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fixDisk := func() {
+		t.Helper()
+		if err := os.Remove(statusDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthOf := func(s *ts.BuildServer) health {
+		var h health
+		s.JSON(t, "GET", "/health", http.StatusOK, &h)
+		return h
+	}
+	// fileMatches reports whether the status file says what the API says.
+	fileMatches := func(s *ts.BuildServer) bool {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return false
+		}
+		var got build.Status
+		return json.Unmarshal(b, &got) == nil && reflect.DeepEqual(got, s.SpecStatus(t, "app"))
+	}
+
+	breakDisk()
+	first := s.WaitFinished(t, s.Trigger(t, "app"))
+	ts.WaitUntil(t, "/health to report the stale status file", func() bool { return healthOf(s).Status == "degraded" })
+	if h := healthOf(s); len(h.Problems) != 1 || !strings.Contains(h.Problems[0], "status/app.json") || !strings.Contains(h.Problems[0], "not a directory") {
+		t.Errorf("/health problems = %q, want one naming status/app.json and the error", h.Problems)
+	}
+
+	// Fixed: the next transition writes the file, /health is healthy.
+	fixDisk()
+	second := s.WaitFinished(t, s.Trigger(t, "app"))
+	if first.Status != db.StatusSuccess || second.Status != db.StatusSuccess {
+		t.Fatalf("builds = %s, %s, want success", first.Status, second.Status)
+	}
+	ts.WaitUntil(t, "the status file to catch up", func() bool { return fileMatches(s) && healthOf(s).Status == "healthy" })
+	if h := healthOf(s); h.Problems != nil {
+		t.Errorf("/health problems after the fix = %q", h.Problems)
+	}
+
+	// Broken again, fixed while no build runs: the next start catches up.
+	breakDisk()
+	s.WaitFinished(t, s.Trigger(t, "app"))
+	ts.WaitUntil(t, "/health to report the stale status file", func() bool { return healthOf(s).Status == "degraded" })
+	fixDisk()
+	restarted := ts.StartBuildServer(t, ts.BuildServerConfig{
+		Repositories: []config.Repository{ts.MainBranchRepo("app", src)},
+		DataDir:      s.DataDir,
+		DB:           s.DB,
+	})
+	if !fileMatches(restarted) {
+		b, err := os.ReadFile(file)
+		t.Errorf("status file after a start = %s (%v), want %+v", b, err, restarted.SpecStatus(t, "app"))
+	}
+	if h := healthOf(restarted); h.Status != "healthy" {
+		t.Errorf("/health after a start = %+v, want healthy", h)
 	}
 }

@@ -3,8 +3,6 @@ package build
 import (
 	"context"
 	"time"
-
-	"github.com/crystal-forge/crystal-forge/internal/git"
 )
 
 // poll checks every branch for a commit it has not built yet, at start and
@@ -29,7 +27,7 @@ func (o *Orchestrator) pollOnce(ctx context.Context) {
 		}
 		r := o.repos[name]
 		lsCtx, cancel := context.WithTimeout(ctx, time.Minute)
-		head, err := git.RemoteHead(lsCtx, r.URL, r.Branch)
+		head, err := o.git.RemoteHead(lsCtx, r.URL, r.Branch)
 		cancel()
 		if err != nil {
 			o.log.Warn("poll: cannot read remote branch", "repository", name, "err", err)

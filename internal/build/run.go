@@ -46,7 +46,9 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		o.mu.Lock()
 		delete(o.running, b.ID)
 		o.mu.Unlock()
-		lg.close()
+		if err := lg.close(); err != nil {
+			o.log.Error("build log incomplete", "repository", b.Repository, "build", b.ID, "err", err)
+		}
 		o.writeStatusFile(bg, b.Repository)
 		o.publish(b)
 		o.log.Info("build finished", "repository", b.Repository, "build", b.ID, "status", status, "error", errMsg)
@@ -121,14 +123,16 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 	}
 	if _, err := os.Stat(repoDir); errors.Is(err, os.ErrNotExist) {
 		lg.Line("Cloning repository...")
-		if err := git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
+		if err := o.git.Clone(ctx, repo.URL, repo.Branch, repoDir, lg); err != nil {
 			lg.Line("Error: failed to clone %s (branch %s): %v", repo.URL, repo.Branch, err)
-			os.RemoveAll(repoDir)
+			if rerr := os.RemoveAll(repoDir); rerr != nil {
+				lg.Line("Error: remove incomplete clone: %v", rerr)
+			}
 			return fmt.Errorf("clone %s: %w", repo.URL, err)
 		}
 	} else {
 		lg.Line("Updating repository...")
-		if err := git.Update(ctx, repoDir, repo.Branch, lg); err != nil {
+		if err := o.git.Update(ctx, repoDir, repo.Branch, repo.URL, lg); err != nil {
 			lg.Line("Error: failed to update from %s (branch %s): %v", repo.URL, repo.Branch, err)
 			return fmt.Errorf("update %s: %w", repo.URL, err)
 		}
@@ -166,11 +170,18 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 			lg.Line("Warning: flake update failed (%v); continuing with the locked inputs", err)
 		}
 		lg.Line("Checking flake...")
-		if err := o.nix.Run(ctx, repoDir, lg, "flake", "check", "--print-build-logs"); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			lg.Line("Warning: flake check failed (%v); continuing", err)
+		// A failing check fails the build like a failing package: it is
+		// recorded as the attribute "checks", and the packages still build.
+		err := o.attempt(ctx, rn, "checks", "check", func() (string, []string, error) {
+			return "", nil, o.nix.Run(ctx, repoDir, lg, "flake", "check", "--print-build-logs", "--keep-going")
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lg.Line("Flake check failed; building the packages anyway")
+		} else {
+			lg.Line("Flake check passed")
 		}
 		// Phase 4, strategy A: flake build.
 		if err := o.flakeBuild(ctx, rn, repo, repoDir, gcroots); err != nil {
@@ -178,10 +189,27 @@ func (o *Orchestrator) phases(ctx context.Context, rn *run, repo config.Reposito
 		}
 	}
 
-	// Phase 5: completion.
+	// Phase 5: completion. The spec's success lines only when nothing failed.
+	t := rn.tally
+	if len(t.failed) > 0 {
+		lg.Line("Build complete with failures: %d built, %d failed, %d skipped; what built is cached.", t.built, len(t.failed), t.skipped)
+		lg.Line("Build failed for commit %s: %s", short, t.summary())
+		return errors.New(t.summary())
+	}
 	lg.Line("Build complete. All dependencies cached.")
 	lg.Line("Build finished successfully for commit %s", short)
 	return nil
+}
+
+// tally counts a build's attributes by outcome as they end.
+type tally struct {
+	built, skipped int
+	failed         []string // "attr (kind)"
+}
+
+func (t *tally) summary() string {
+	total := t.built + t.skipped + len(t.failed)
+	return fmt.Sprintf("%d of %d attributes failed: %s", len(t.failed), total, strings.Join(t.failed, ", "))
 }
 
 // attrRE is what we pass as an attribute name in an installable; anything
@@ -196,7 +224,7 @@ func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repo
 			return err
 		}
 		lg.Line("Error: cannot evaluate the flake's outputs: %v", err)
-		return fmt.Errorf("nix flake show: %w", err)
+		return fmt.Errorf("evaluate the flake's outputs: %w", err)
 	}
 	pkgs := make([]string, 0, len(show.Packages[o.cfg.System]))
 	for name := range show.Packages[o.cfg.System] {
@@ -209,7 +237,7 @@ func (o *Orchestrator) flakeBuild(ctx context.Context, rn *run, repo config.Repo
 	for _, pkg := range pkgs {
 		if !attrRE.MatchString(pkg) {
 			lg.Line("Skipping package %q: unsupported attribute name", pkg)
-			o.endedResult(ctx, rn, pkg, "package", db.ResultSkipped, "unsupported attribute name")
+			o.skip(ctx, rn, pkg, "package", "unsupported attribute name")
 			continue
 		}
 		lg.Line("Building package %s...", pkg)
@@ -284,14 +312,15 @@ func nixString(s string) string {
 // set, a build whose derivation differs from it fails: what was built must
 // be what was evaluated.
 func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, outLink, wantDrv string, installable ...string) error {
-	bg := context.WithoutCancel(ctx)
-	rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now())
-	if err != nil {
-		return err
-	}
-	o.publish(rn.build)
+	return o.attempt(ctx, rn, attr, kind, func() (string, []string, error) {
+		return o.nixBuild(ctx, rn, attr, dir, outLink, wantDrv, installable...)
+	})
+}
+
+// nixBuild runs nix build and returns the derivation and outputs built.
+func (o *Orchestrator) nixBuild(ctx context.Context, rn *run, attr, dir, outLink, wantDrv string, installable ...string) (string, []string, error) {
 	res, err := o.nix.Build(ctx, dir, rn.log, outLink, installable...)
-	status, errMsg, drv := db.ResultSuccess, "", ""
+	drv := ""
 	var outs []string
 	for _, r := range res {
 		drv = r.DrvPath
@@ -299,55 +328,114 @@ func (o *Orchestrator) buildAttr(ctx context.Context, rn *run, attr, kind, dir, 
 			outs = append(outs, p)
 		}
 	}
-	sort.Strings(outs)
 	if err == nil && wantDrv != "" && drv != wantDrv {
 		err = fmt.Errorf("built %s, but evaluation gave %s", drv, wantDrv)
 		rn.log.Line("Error: derivation of %s changed between evaluation and build: %v", attr, err)
 	}
-	if err != nil {
-		status, errMsg = db.ResultFailed, err.Error()
+	if err != nil && drv == "" {
+		drv = wantDrv
 	}
-	if ferr := o.db.FinishResult(bg, rid, status, drv, outs, errMsg, time.Now()); ferr != nil {
-		return ferr
+	return drv, outs, err
+}
+
+// tailLineCount is how many lines of a failed attribute's part of the log
+// its result keeps.
+const tailLineCount = 25
+
+// attempt runs fn, the work of one attribute, and records its result: the
+// derivation and outputs fn returns, and for a failure Nix's error message,
+// the derivation Nix named when fn did not know it, and the last lines of
+// the attribute's part of the build log. It returns fn's error, or the
+// database's when the result could not be recorded (then the attribute
+// counts as failed: an outcome nobody can see is not a success).
+func (o *Orchestrator) attempt(ctx context.Context, rn *run, attr, kind string, fn func() (drv string, outs []string, err error)) error {
+	bg := context.WithoutCancel(ctx)
+	name := fmt.Sprintf("%s (%s)", attr, kind)
+	start := rn.log.offset()
+	rid, err := o.db.StartResultLog(bg, rn.build.ID, attr, kind, time.Now(), &start)
+	if err != nil {
+		rn.tally.failed = append(rn.tally.failed, name)
+		rn.log.Line("Error: cannot record the result of %s: %v", attr, err)
+		return err
 	}
 	o.publish(rn.build)
-	return err
+	drv, outs, ferr := fn()
+	sort.Strings(outs)
+	end := rn.log.offset()
+	status, errMsg, tail := db.ResultSuccess, "", ""
+	if ferr != nil {
+		status, errMsg = db.ResultFailed, resultError(ferr)
+		if drv == "" {
+			drv = failedDrv(ferr)
+		}
+		if t, err := tailLines(rn.build.LogPath, start, end, tailLineCount); err == nil {
+			tail = t
+		} else {
+			o.log.Warn("read the end of a failed attribute's log", "build", rn.build.ID, "attr", attr, "err", err)
+		}
+	}
+	if err := o.db.FinishResultLog(bg, rid, status, drv, outs, errMsg, time.Now(), &end, tail); err != nil {
+		rn.tally.failed = append(rn.tally.failed, name)
+		rn.log.Line("Error: cannot record the result of %s: %v", attr, err)
+		return err
+	}
+	if ferr != nil {
+		rn.tally.failed = append(rn.tally.failed, name)
+	} else {
+		rn.tally.built++
+	}
+	o.publish(rn.build)
+	return ferr
+}
+
+// resultError is what a failed attribute's result says: Nix's own error
+// message when Nix gave one, else the error.
+func resultError(err error) string {
+	var ne *nixcli.Error
+	if errors.As(err, &ne) && ne.Message != "" {
+		return ne.Message
+	}
+	return err.Error()
+}
+
+// failedDrv is the derivation a failed nix command names: the one asked
+// for, else the first whose builder failed; "" after an evaluation error.
+func failedDrv(err error) string {
+	var ne *nixcli.Error
+	if !errors.As(err, &ne) {
+		return ""
+	}
+	top, builders := nixcli.FailedDerivations(ne.Message)
+	if top == "" && len(builders) > 0 {
+		top = builders[0]
+	}
+	return top
 }
 
 // legacyBuild is strategy B: nix-build of default.nix. Nix 2.x's nix-build
 // prints build logs by default and has no --print-build-logs flag.
 func (o *Orchestrator) legacyBuild(ctx context.Context, rn *run, repoDir, gcroots string) error {
 	lg := rn.log
-	bg := context.WithoutCancel(ctx)
-	rid, err := o.db.StartResult(bg, rn.build.ID, "default.nix", "legacy", time.Now())
-	if err != nil {
-		return err
-	}
 	link := filepath.Join(gcroots, "result")
-	berr := o.nix.Legacy(ctx, repoDir, lg, "nix-build", "--keep-going", "--out-link", link)
-	var outs []string
-	if berr == nil {
+	err := o.attempt(ctx, rn, "default.nix", "legacy", func() (string, []string, error) {
+		if err := o.nix.Legacy(ctx, repoDir, lg, "nix-build", "--keep-going", "--out-link", link); err != nil {
+			return "", nil, err
+		}
 		// nix-build names the links result, result-2, … for several outputs.
+		var outs []string
 		matches, _ := filepath.Glob(link + "*")
 		for _, m := range matches {
 			if t, err := os.Readlink(m); err == nil {
 				outs = append(outs, t)
 			}
 		}
+		return "", outs, nil
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	status, errMsg := db.ResultSuccess, ""
-	if berr != nil {
-		status, errMsg = db.ResultFailed, berr.Error()
-	}
-	if err := o.db.FinishResult(bg, rid, status, "", outs, errMsg, time.Now()); err != nil {
-		return err
-	}
-	if berr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		lg.Line("Error: nix-build failed: %v", berr)
-		return fmt.Errorf("nix-build: %w", berr)
+	if err != nil {
+		lg.Line("Error: nix-build failed: %v", err)
 	}
 	return nil
 }
@@ -365,24 +453,22 @@ func (o *Orchestrator) nixosBuilds(ctx context.Context, rn *run, show *nixcli.Fl
 	for _, name := range names {
 		if !attrRE.MatchString(name) {
 			lg.Line("Skipping nixosConfigurations %q: unsupported attribute name", name)
-			o.endedResult(ctx, rn, name, "nixos", db.ResultSkipped, "unsupported attribute name")
+			o.skip(ctx, rn, name, "nixos", "unsupported attribute name")
 			continue
 		}
 		attr := ".#nixosConfigurations." + name + ".config.system.build.toplevel"
 		lg.Line("Evaluating nixosConfigurations.%s...", name)
-		out, err := o.nix.Output(ctx, repoDir, lg, "eval", "--raw", attr+".drvPath")
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil {
-			lg.Line("Failed to evaluate nixosConfigurations.%s", name)
-			o.endedResult(ctx, rn, name, "nixos", db.ResultFailed, "evaluation failed: "+err.Error())
-			continue
-		}
-		drv := strings.TrimSpace(string(out))
-		lg.Line("Evaluated nixosConfigurations.%s: %s", name, drv)
-		lg.Line("Building nixosConfigurations.%s...", name)
-		err = o.buildAttr(ctx, rn, name, "nixos", repoDir, filepath.Join(gcroots, "nixos-"+name), drv, attr)
+		err := o.attempt(ctx, rn, name, "nixos", func() (string, []string, error) {
+			out, err := o.nix.Output(ctx, repoDir, lg, "eval", "--raw", attr+".drvPath")
+			if err != nil {
+				lg.Line("Failed to evaluate nixosConfigurations.%s", name)
+				return "", nil, fmt.Errorf("evaluation failed: %w", err)
+			}
+			drv := strings.TrimSpace(string(out))
+			lg.Line("Evaluated nixosConfigurations.%s: %s", name, drv)
+			lg.Line("Building nixosConfigurations.%s...", name)
+			return o.nixBuild(ctx, rn, name, repoDir, filepath.Join(gcroots, "nixos-"+name), drv, attr)
+		})
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -395,11 +481,19 @@ func (o *Orchestrator) nixosBuilds(ctx context.Context, rn *run, show *nixcli.Fl
 	return nil
 }
 
-// endedResult records an attribute that ended before any build of it:
-// skipped, or failed at evaluation.
-func (o *Orchestrator) endedResult(ctx context.Context, rn *run, attr, kind, status, errMsg string) {
+// skip records an attribute that is not built, and why.
+func (o *Orchestrator) skip(ctx context.Context, rn *run, attr, kind, why string) {
 	bg := context.WithoutCancel(ctx)
-	if rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now()); err == nil {
-		o.db.FinishResult(bg, rid, status, "", nil, errMsg, time.Now())
+	rid, err := o.db.StartResult(bg, rn.build.ID, attr, kind, time.Now())
+	if err == nil {
+		err = o.db.FinishResult(bg, rid, db.ResultSkipped, "", nil, why, time.Now())
 	}
+	if err != nil {
+		// Unrecorded, the skip would be invisible: count it as a failure.
+		rn.tally.failed = append(rn.tally.failed, fmt.Sprintf("%s (%s)", attr, kind))
+		rn.log.Line("Error: cannot record that %s is skipped: %v", attr, err)
+		return
+	}
+	rn.tally.skipped++
+	o.publish(rn.build)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -104,17 +105,60 @@ func (o *Orchestrator) loadStatus(ctx context.Context, repo string) (Status, err
 }
 
 // writeStatusFile mirrors the status into ${DATA_DIR}/status/<repo>.json
-// (temp file + rename, as the spec asks), for tools that read it. It reads
-// the database, never the in-memory copy, which may not be dropped yet.
+// (temp file + rename, as the spec asks), for tools that read it, and
+// retries every file an earlier write failed to update (a read-only or
+// full disk), so none stays stale once the disk is fixed. Until then
+// Problems reports them. It reads the database, never the in-memory copy,
+// which may not be dropped yet.
 func (o *Orchestrator) writeStatusFile(ctx context.Context, repo string) {
+	// One writer at a time: two writers of one file could otherwise land
+	// an older status after a newer one.
+	o.fileMu.Lock()
+	defer o.fileMu.Unlock()
+	repos := []string{repo}
+	for r := range o.fileErrs {
+		if r != repo {
+			repos = append(repos, r)
+		}
+	}
+	for _, r := range repos {
+		err := o.writeOneStatusFile(ctx, r)
+		if err == nil {
+			if _, was := o.fileErrs[r]; was {
+				o.log.Info("status file written again", "repository", r)
+			}
+			delete(o.fileErrs, r)
+			continue
+		}
+		o.log.Error("status file not updated; retried at the next build transition and at start", "repository", r, "err", err)
+		o.fileErrs[r] = err
+	}
+}
+
+func (o *Orchestrator) writeOneStatusFile(ctx context.Context, repo string) error {
 	s, err := o.loadStatus(ctx, repo)
 	if err != nil {
-		o.log.Warn("status file: read status", "repository", repo, "err", err)
-		return
+		return fmt.Errorf("read status: %w", err)
 	}
-	if err := writeJSONAtomic(filepath.Join(o.cfg.DataDir, "status", repo+".json"), s); err != nil {
-		o.log.Warn("status file", "repository", repo, "err", err)
+	dir := filepath.Join(o.cfg.DataDir, "status")
+	// Recreate the directory, in case it was removed or replaced.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create status directory: %w", err)
 	}
+	return writeJSONAtomic(filepath.Join(dir, repo+".json"), s)
+}
+
+// Problems returns what keeps the orchestrator from doing all its work,
+// one sentence each, for /health; none when all is well.
+func (o *Orchestrator) Problems() []string {
+	o.fileMu.Lock()
+	defer o.fileMu.Unlock()
+	var out []string
+	for repo, err := range o.fileErrs {
+		out = append(out, fmt.Sprintf("status/%s.json is stale: %v (fix the disk; it is rewritten at the next build transition or restart)", repo, err))
+	}
+	sort.Strings(out)
+	return out
 }
 
 func writeJSONAtomic(path string, v any) error {
@@ -126,7 +170,8 @@ func writeJSONAtomic(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	defer os.Remove(tmp.Name())
+	// After the rename there is nothing left to remove: the error is expected.
+	defer func() { _ = os.Remove(tmp.Name()) }()
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
@@ -135,7 +180,10 @@ func writeJSONAtomic(path string, v any) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }

@@ -1,5 +1,7 @@
-// Package cache serves a local Nix store as a signed HTTP binary cache,
-// compatible with Harmonia's URLs and Nix's binary-cache protocol.
+// Package cache serves a local Nix store and a storage backend (a directory
+// or S3) as one signed HTTP binary cache, compatible with Harmonia's URLs and
+// Nix's binary-cache protocol, and takes uploads into the backend the way
+// `nix copy --to http://...` sends them.
 package cache
 
 import (
@@ -17,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
+	"github.com/crystal-forge/crystal-forge/internal/objstore"
+	"github.com/crystal-forge/crystal-forge/internal/requestid"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -28,7 +32,16 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	Store    *nixstore.Store
+	// Store is the local Nix store served, first; nil serves only Backend.
+	Store *nixstore.Store
+	// Backend holds uploaded paths in the binary cache layout; nil serves
+	// only Store.
+	Backend objstore.Store
+	// StoreDir is the store directory of Backend's paths when there is no
+	// Store (default /nix/store).
+	StoreDir string
+	// Uploads, when set, accepts PUTs into Backend.
+	Uploads  *UploadConfig
 	Keys     []*signing.SecretKey // every narinfo is signed by each key
 	Priority int                  // 0 means the default, 40
 	// Compression is CompressionZstd (default) or CompressionNone.
@@ -45,7 +58,11 @@ type Config struct {
 
 // Server is the binary cache's HTTP handler.
 type Server struct {
-	store       *nixstore.Store
+	store       *nixstore.Store // nil: backend only
+	backend     objstore.Store  // nil: local store only
+	storeDir    string
+	remote      *remoteCache
+	uploads     *uploads // nil: read-only
 	keys        []*signing.SecretKey
 	cacheInfo   []byte
 	compression string
@@ -61,8 +78,11 @@ type Server struct {
 // New builds a Server. It fails when there is no signing key: an unsigned
 // cache is useless to clients that check signatures, i.e. all of them.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil {
-		return nil, errors.New("cache: no store")
+	if cfg.Store == nil && cfg.Backend == nil {
+		return nil, errors.New("cache: nothing to serve (no store and no backend)")
+	}
+	if cfg.Uploads != nil && cfg.Backend == nil {
+		return nil, errors.New("cache: uploads need a storage backend")
 	}
 	if len(cfg.Keys) == 0 {
 		return nil, errors.New("cache: no signing key")
@@ -86,8 +106,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	storeDir := cfg.StoreDir
+	if cfg.Store != nil {
+		storeDir = cfg.Store.StoreDir()
+	} else if storeDir == "" {
+		storeDir = "/nix/store"
+	}
 	s := &Server{
 		store:       cfg.Store,
+		backend:     cfg.Backend,
+		storeDir:    storeDir,
+		remote:      &remoteCache{max: cfg.NarinfoCacheSize, m: make(map[string]*remoteEntry)},
 		keys:        cfg.Keys,
 		compression: cfg.Compression,
 		log:         cfg.Logger,
@@ -105,12 +134,19 @@ func New(cfg Config) (*Server, error) {
 		onEvict = s.smallNars.release
 	}
 	s.narinfos = newNarinfoCache(cfg.NarinfoCacheSize, onEvict)
+	if cfg.Uploads != nil {
+		u, err := newUploads(*cfg.Uploads)
+		if err != nil {
+			return nil, err
+		}
+		s.uploads = u
+	}
 	pubs := make([]string, len(cfg.Keys))
 	for i, k := range cfg.Keys {
 		pubs[i] = k.Public().String()
 	}
 	s.cacheInfo = []byte(fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\nPublicKeys: %s\n",
-		cfg.Store.StoreDir(), cfg.Priority, strings.Join(pubs, " ")))
+		storeDir, cfg.Priority, strings.Join(pubs, " ")))
 
 	s.routes = routes{
 		cacheInfo: s.instrument("nix-cache-info", s.serveCacheInfo),
@@ -139,13 +175,21 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, name string)
 // standard mux cannot match "/{hash}.narinfo", and the cache's few fixed
 // shapes are cheaper to cut than to look up.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := &s.routes
+	p := r.URL.Path
+	if r.Method == http.MethodPut && s.uploads != nil {
+		s.servePut(w, r, p)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
+		allow := "GET, HEAD"
+		if s.uploads != nil {
+			allow += ", PUT"
+		}
+		w.Header().Set("Allow", allow)
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	rt := &s.routes
-	p := r.URL.Path
 	switch {
 	case p == "/nix-cache-info":
 		rt.cacheInfo(w, r, "")
@@ -190,10 +234,17 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, _ string) {
 	w.Header().Set("Cache-Control", "no-store")
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
+	if s.store == nil {
+		fmt.Fprint(w, `{"status":"healthy"}`+"\n")
+		return
+	}
 	if err := s.store.Ping(ctx); err != nil {
-		s.log.Error("health: store database unavailable", "err", err)
+		// The cause (a path, SQLite's words) is for the log, not the network.
+		id := requestid.New()
+		s.log.Error("health: store database unavailable", "request_id", id, "err", err)
+		w.Header().Set(requestid.Header, id)
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, `{"status":"unhealthy","error":%q}`+"\n", err.Error())
+		fmt.Fprintf(w, `{"status":"unhealthy","error":"store database unavailable; request id %s"}`+"\n", id)
 		return
 	}
 	fmt.Fprint(w, `{"status":"healthy"}`+"\n")
@@ -206,8 +257,42 @@ func notFound(w http.ResponseWriter) {
 	http.Error(w, "not found", http.StatusNotFound)
 }
 
+// internalError answers 500 with a request id and logs the error under it;
+// the answer says nothing of the cause.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
-	s.log.Error("cache request failed", "path", r.URL.Path, "err", err)
+	id := requestid.New()
+	s.log.Error("cache request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Control", "no-store")
-	http.Error(w, "internal error", http.StatusInternalServerError)
+	w.Header().Set(requestid.Header, id)
+	http.Error(w, "internal error; request id "+id, http.StatusInternalServerError)
+}
+
+// servePut routes uploads: nar/<file> and <hash>.narinfo. Nix also PUTs
+// nix-cache-info when a cache has none; ours always has one, so that and
+// anything else is refused.
+func (s *Server) servePut(w http.ResponseWriter, r *http.Request, p string) {
+	switch {
+	case strings.HasPrefix(p, "/nar/"):
+		s.putNar(w, r, p[len("/nar/"):])
+	case strings.HasSuffix(p, ".narinfo") && !strings.Contains(p[1:], "/"):
+		s.putNarinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
+	default:
+		if _, ok := s.authorize(w, r); !ok {
+			return
+		}
+		badUpload(w, http.StatusNotFound, "%s cannot be uploaded: PUT nar/<file> and <hash>.narinfo only", p)
+	}
+}
+
+// WriteCacheInfo stores nix-cache-info in the backend, so the directory or
+// bucket is a binary cache that other tools can read as it is.
+func (s *Server) WriteCacheInfo(ctx context.Context) error {
+	if s.backend == nil {
+		return nil
+	}
+	info := fmt.Sprintf("StoreDir: %s\n", s.storeDir)
+	if err := s.backend.Put(ctx, "nix-cache-info", strings.NewReader(info), int64(len(info)), "text/x-nix-cache-info"); err != nil {
+		return fmt.Errorf("write nix-cache-info: %w", err)
+	}
+	return nil
 }

@@ -38,6 +38,16 @@ func parseNarFile(file string) (stem, comp string, ok bool) {
 // serveNar answers /nar/<narhash>.nar?hash=<storehash> (the URL our
 // narinfos name, as Harmonia's do) and /nar/<storehash>.nar[.xz|.zst].
 func (s *Server) serveNar(w http.ResponseWriter, r *http.Request, file string) {
+	// Uploaded NARs are named by their file hash (52 characters), local
+	// ones by the store path's hash (32) or carry ?hash=.
+	if s.backend != nil && r.URL.RawQuery == "" {
+		localName := len(file) > 32 && strings.HasPrefix(file[32:], ".nar")
+		if comp, ok := uploadedNarFile(file); ok && (s.store == nil || !localName) {
+			if s.serveBackendNar(w, r, file, comp) {
+				return
+			}
+		}
+	}
 	stem, comp, ok := parseNarFile(file)
 	if !ok {
 		notFound(w)
@@ -125,7 +135,9 @@ func (s *Server) serveRawNar(w http.ResponseWriter, r *http.Request, e *pathEntr
 // aborts the connection so the client cannot take a short body for a whole one.
 func (s *Server) dump(w io.Writer, r *http.Request, e *pathEntry, off, length int64) {
 	if b := s.smallNar(e); b != nil {
-		w.Write(b[off : off+length])
+		if _, err := w.Write(b[off : off+length]); err != nil {
+			s.abort(r, e, err)
+		}
 		return
 	}
 	n, err := nar.DumpRange(w, e.real, off, length)
@@ -212,7 +224,9 @@ func (s *Server) streamXZ(w http.ResponseWriter, r *http.Request, e *pathEntry) 
 		s.abort(r, e, err)
 	}
 	_, derr := nar.Dump(in, e.real)
-	in.Close()
+	if cerr := in.Close(); derr == nil {
+		derr = cerr
+	}
 	if werr := cmd.Wait(); derr == nil {
 		derr = werr
 	}
@@ -250,32 +264,45 @@ func parseRange(h string, size int64) (off, length int64, err error) {
 		return 0, 0, errors.New("malformed range")
 	}
 	if first == "" { // suffix: the last N bytes
-		n, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || n < 0 {
-			return 0, 0, errors.New("malformed range")
+		n, err := parseDigits(last)
+		if err != nil {
+			return 0, 0, err
 		}
-		if n == 0 {
+		if n == 0 || size == 0 {
 			return 0, 0, errUnsatisfiable
 		}
 		n = min(n, size)
 		return size - n, n, nil
 	}
-	start, err := strconv.ParseInt(first, 10, 64)
-	if err != nil || start < 0 {
-		return 0, 0, errors.New("malformed range")
+	start, err := parseDigits(first)
+	if err != nil {
+		return 0, 0, err
 	}
 	if start >= size {
 		return 0, 0, errUnsatisfiable
 	}
 	end := size - 1
 	if last != "" {
-		e, err := strconv.ParseInt(last, 10, 64)
+		e, err := parseDigits(last)
 		if err != nil || e < start {
 			return 0, 0, errors.New("malformed range")
 		}
 		end = min(e, size-1)
 	}
 	return start, end - start + 1, nil
+}
+
+// parseDigits parses a range bound: decimal digits only (RFC 9110), where
+// strconv alone would also take a sign.
+func parseDigits(s string) (int64, error) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errors.New("malformed range")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, errors.New("malformed range")
+	}
+	return n, nil
 }
 
 // serveLog answers /log/<drv> with the build log Nix kept, decompressed.

@@ -179,7 +179,7 @@ func (s *Server) render(e *pathEntry) *narinfo.NarInfo {
 
 // lookupFile resolves "<hash>" from a top-level request, answering 404 itself.
 func (s *Server) lookupFile(w http.ResponseWriter, r *http.Request, hash string) *pathEntry {
-	if !nixbase32.ValidHash(hash) {
+	if s.store == nil || !nixbase32.ValidHash(hash) {
 		notFound(w)
 		return nil
 	}
@@ -196,17 +196,45 @@ func (s *Server) lookupFile(w http.ResponseWriter, r *http.Request, hash string)
 }
 
 func (s *Server) serveNarinfo(w http.ResponseWriter, r *http.Request, hash string) {
-	e := s.lookupFile(w, r, hash)
-	if e == nil {
+	if !nixbase32.ValidHash(hash) {
+		notFound(w)
+		return
+	}
+	body, err := s.narinfoBytes(r.Context(), hash)
+	if errors.Is(err, nixstore.ErrNotFound) {
+		notFound(w)
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
 		return
 	}
 	h := w.Header()
 	h.Set("Content-Type", narinfo.ContentType)
-	h.Set("Content-Length", strconv.Itoa(len(e.narinfo)))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Set("Cache-Control", "public, max-age=86400")
 	if r.Method != http.MethodHead {
-		w.Write(e.narinfo)
+		w.Write(body)
 	}
+}
+
+// narinfoBytes returns the signed narinfo of hash from the local store
+// first, then from the backend, or nixstore.ErrNotFound.
+func (s *Server) narinfoBytes(ctx context.Context, hash string) ([]byte, error) {
+	if s.store != nil {
+		e, err := s.lookup(ctx, hash)
+		if err == nil {
+			return e.narinfo, nil
+		}
+		if !errors.Is(err, nixstore.ErrNotFound) || s.backend == nil {
+			return nil, err
+		}
+	}
+	e, err := s.backendNarinfo(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	return e.narinfo, nil
 }
 
 func (s *Server) serveListing(w http.ResponseWriter, r *http.Request, hash string) {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -71,9 +72,15 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { store.Close() })
+		testsupport.CloseAtCleanup(t, store)
 		cfg.Store = store
 	}
+	return serveCache(t, cfg, acceptEncoding)
+}
+
+// serveCache serves cfg as it is (with no Store: the backend alone).
+func serveCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}
@@ -88,7 +95,8 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 		t.Fatal(err)
 	}
 	hs := &http1.Server{Handler: h.wrap(srv), Logger: cfg.Logger}
-	go hs.Serve(ln)
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
 	transport := &http.Transport{DisableCompression: true}
 	t.Cleanup(func() {
 		transport.CloseIdleConnections()
@@ -96,6 +104,9 @@ func startCache(t *testing.T, cfg cache.Config, acceptEncoding string) *harness 
 		defer cancel()
 		if err := hs.Shutdown(ctx); err != nil { // waits for the handlers
 			t.Errorf("cache server shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http1.ErrServerClosed) {
+			t.Errorf("cache server: Serve returned %v", err)
 		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -361,7 +372,9 @@ func compareTrees(t *testing.T, want, got string) {
 		t.Errorf("compare %s with %s: %v", got, want, err)
 	}
 	n := 0
-	filepath.WalkDir(got, func(string, fs.DirEntry, error) error { n++; return nil })
+	if err := filepath.WalkDir(got, func(_ string, _ fs.DirEntry, err error) error { n++; return err }); err != nil {
+		t.Errorf("count the files of %s: %v", got, err)
+	}
 	if n != seen {
 		t.Errorf("%s has %d files, %s has %d", got, n, want, seen)
 	}

@@ -13,8 +13,12 @@ import (
 func smallEntry(t *testing.T, content string) *pathEntry {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "p")
-	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
-	os.WriteFile(filepath.Join(dir, "bin", "x"), []byte(content), 0o755)
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "x"), []byte(content), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	n, err := nar.Size(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -26,7 +30,9 @@ func TestSmallNarBudget(t *testing.T) {
 	e := smallEntry(t, "hello")
 	size := int64(e.info.NarSize)
 	var want bytes.Buffer
-	nar.Dump(&want, e.real)
+	if _, err := nar.Dump(&want, e.real); err != nil {
+		t.Fatal(err)
+	}
 
 	s := &Server{smallNars: &smallNars{budget: size}}
 	got := s.smallNar(e)
@@ -61,7 +67,9 @@ func TestSmallNarBudget(t *testing.T) {
 
 	// A path whose size changed on disk is not kept (and not counted).
 	changed := smallEntry(t, "abc")
-	os.WriteFile(filepath.Join(changed.real, "bin", "x"), []byte("a longer content"), 0o755)
+	if err := os.WriteFile(filepath.Join(changed.real, "bin", "x"), []byte("a longer content"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if s.smallNar(changed) != nil || s.smallNars.used.Load() != 0 {
 		t.Error("kept a NAR whose size disagrees with the database")
 	}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -39,6 +40,18 @@ func (c *Client) authorize(req *http.Request) {
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
+}
+
+// ErrUnreachable wraps a request that got no answer from the server
+// (connection refused, unknown host, network down).
+var ErrUnreachable = errors.New("cannot reach the server")
+
+// unreachable describes a failed round trip.
+func (c *Client) unreachable(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%w at %s: %s: %w", ErrUnreachable, c.BaseURL, what, err)
 }
 
 // Error is a non-2xx answer.
@@ -76,7 +89,7 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 	c.authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return c.unreachable(ctx, method+" "+path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -129,6 +142,12 @@ func (c *Client) Repository(ctx context.Context, repo string) (*api.Repository, 
 	return &r, c.do(ctx, http.MethodGet, "/api/v1/repositories/"+url.PathEscape(repo), &r)
 }
 
+// Build returns one build with its per-attribute results.
+func (c *Client) Build(ctx context.Context, id int64) (*api.Build, error) {
+	var b api.Build
+	return &b, c.do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/builds/%d", id), &b)
+}
+
 // Logs returns the last n lines of repo's newest log.
 func (c *Client) Logs(ctx context.Context, repo string, n int) ([]string, error) {
 	var r struct {
@@ -148,7 +167,7 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 	c.authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("follow build %d: %w", id, err)
+		return "", c.unreachable(ctx, fmt.Sprintf("follow build %d", id), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -167,7 +186,9 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 			if event == "end" {
 				return data, nil
 			}
-			fmt.Fprintln(w, data)
+			if _, err := fmt.Fprintln(w, data); err != nil {
+				return "", fmt.Errorf("follow build %d: write the log: %w", id, err)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

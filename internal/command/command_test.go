@@ -25,9 +25,8 @@ func TestCancelKillsGroup(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := New(ctx, Cmd{}, "sh", "-c", "sleep 300 & echo $! > "+pidFile+"; wait")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Run() }()
 	var pid string
 	for range 500 {
 		b, _ := os.ReadFile(pidFile)
@@ -40,7 +39,9 @@ func TestCancelKillsGroup(t *testing.T) {
 		t.Fatal("child never started")
 	}
 	cancel()
-	cmd.Wait()
+	if err := <-done; err == nil {
+		t.Error("the cancelled command exited successfully; want it killed")
+	}
 	for range 500 {
 		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
 			return

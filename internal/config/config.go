@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -30,10 +32,13 @@ type Repository struct {
 
 // Config is everything `crystal-forge server` needs.
 type Config struct {
-	DataDir     string `toml:"data_dir"`
-	Hostname    string `toml:"hostname"`
-	APIPort     int    `toml:"api_port"`
-	CachePort   int    `toml:"cache_port"`
+	DataDir   string `toml:"data_dir"`
+	Hostname  string `toml:"hostname"`
+	APIPort   int    `toml:"api_port"`
+	CachePort int    `toml:"cache_port"`
+	// PublicURL is the binary cache's URL as clients reach it, for /info
+	// and the page; empty means http://<this host's FQDN>:<cache_port>.
+	PublicURL   string `toml:"public_url"`
 	Bind        string `toml:"bind"`
 	EnableWebUI bool   `toml:"enable_web_ui"`
 	KeyFile     string `toml:"key_file"`
@@ -44,6 +49,9 @@ type Config struct {
 
 	MaxParallelBuilds int      `toml:"max_parallel_builds"`
 	BuildTimeout      Duration `toml:"build_timeout"`
+	// GitTimeout fails a clone, fetch or ls-remote that prints nothing,
+	// not even progress, for this long; 0 disables.
+	GitTimeout Duration `toml:"git_timeout"`
 	// PollInterval is how often branches are checked for new commits; 0 disables.
 	PollInterval  Duration `toml:"poll_interval"`
 	WebhookSecret string   `toml:"webhook_secret"`
@@ -68,6 +76,14 @@ type Config struct {
 	// Hosts are pre-registered fleet hosts, approved; the file is their
 	// source of truth (re-applied at every start).
 	Hosts []Host `toml:"hosts"`
+
+	// Storage is the cache's storage backend for uploaded paths:
+	// "dir:///path" or "s3://bucket?endpoint=...&region=..."; empty means
+	// a directory "cache" under data_dir (docs/caches.md).
+	Storage string `toml:"storage"`
+	// UploadTokenFile lists the tokens that may upload to the cache (one
+	// per line, or name:token); empty turns uploads off.
+	UploadTokenFile string `toml:"upload_token_file"`
 
 	// RequireAuthForRead makes reading the API and page need an identity
 	// (by default reading is open, as in the spec).
@@ -159,6 +175,7 @@ func Default() Config {
 		KeyFile:           "/var/lib/harmonia/cache-key",
 		MaxParallelBuilds: 2,
 		BuildTimeout:      Duration{2 * time.Hour},
+		GitTimeout:        Duration{10 * time.Minute},
 		PollInterval:      Duration{5 * time.Minute},
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
@@ -271,6 +288,13 @@ func (c *Config) Validate() error {
 			bad(key, "%d is not a port number", p)
 		}
 	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			bad("public_url", "%q: want the cache's URL as clients reach it, like http://forge.example.com:5000", c.PublicURL)
+		} else {
+			c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
+		}
+	}
 	if c.APIPort == c.CachePort {
 		bad("api_port", "equals cache_port (%d)", c.APIPort)
 	}
@@ -282,6 +306,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BuildTimeout.Duration < 0 {
 		bad("build_timeout", "must not be negative")
+	}
+	if c.GitTimeout.Duration < 0 {
+		bad("git_timeout", "must not be negative")
 	}
 	if c.PollInterval.Duration < 0 || (c.PollInterval.Duration > 0 && c.PollInterval.Duration < time.Second) {
 		bad("poll_interval", "%s: want 0 (off) or at least 1s", c.PollInterval)
@@ -325,7 +352,7 @@ func (c *Config) Validate() error {
 	if c.Tailscale.TailnetOnly && !c.Tailscale.Enable {
 		bad("tailscale.tailnet_only", "needs tailscale.enable = true (else nothing would listen)")
 	}
-	if c.Tailscale.Hostname != "" && !hostRE.MatchString(c.Tailscale.Hostname) {
+	if c.Tailscale.Hostname != "" && !fleetproto.ValidHostName(c.Tailscale.Hostname) {
 		bad("tailscale.hostname", "%q is not a host name", c.Tailscale.Hostname)
 	}
 	if u := c.Tailscale.ControlURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
@@ -347,17 +374,29 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("allowed_hosts[%d]", i), "%q is not a host name (no port, no scheme)", h)
 		}
 	}
+	// The same checks as the fleet API's, with its functions.
 	seenHost := map[string]bool{}
+	seenKey := map[string]int{}
 	for i, h := range c.Hosts {
 		key := fmt.Sprintf("hosts[%d]", i)
-		if !hostRE.MatchString(h.Name) {
-			bad(key+".name", "%q is not a host name", h.Name)
+		if !fleetproto.ValidHostName(h.Name) {
+			bad(key+".name", "%q is not a host name (letters, digits and '-', at most 63, like networking.hostName)", h.Name)
 		} else if seenHost[h.Name] {
 			bad(key+".name", "%q is used twice", h.Name)
 		}
 		seenHost[h.Name] = true
-		if _, err := signing.ParsePublicKey(h.PublicKey); err != nil {
+		if pk, err := signing.ParsePublicKey(h.PublicKey); err != nil {
 			bad(key+".public_key", "%v", err)
+		} else if j, dup := seenKey[pk.String()]; dup {
+			bad(key+".public_key", "is also hosts[%d]'s key (%s); every agent has its own key", j, c.Hosts[j].Name)
+		} else {
+			seenKey[pk.String()] = i
+		}
+		if h.Target != "" && !isStorePath(h.Target) {
+			bad(key+".target", "%q is not a store path like /nix/store/<hash>-<name>", h.Target)
+		}
+		if h.Configuration != "" && !fleetproto.ValidHostName(h.Configuration) {
+			bad(key+".configuration", "%q is not a nixosConfigurations attribute name (letters, digits and '-')", h.Configuration)
 		}
 		switch h.Policy {
 		case "", "manual":
@@ -376,7 +415,12 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+// isStorePath checks the shape of a store path. The store directory is a
+// flag of the cache, not in this file, so the server checks the path
+// against the real one again when it applies the hosts.
+func isStorePath(p string) bool {
+	return strings.HasPrefix(p, "/") && fleetproto.ValidStorePath(p, path.Dir(p))
+}
 
 // validURL accepts what git clones: URLs with a scheme, scp-like
 // user@host:path, and absolute local paths. Never anything git could take

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -102,6 +104,16 @@ branch = "release/1.x"
 	}
 }
 
+func TestPublicURL(t *testing.T) {
+	c, err := Load(write(t, `public_url = "https://cache.example.com/nix/"`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PublicURL != "https://cache.example.com/nix" {
+		t.Errorf("PublicURL = %q, want it without the trailing slash", c.PublicURL)
+	}
+}
+
 func TestErrorsNameTheKey(t *testing.T) {
 	tests := []struct {
 		name, toml string
@@ -131,6 +143,10 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"control url", "[tailscale]\nenable = true\ncontrol_url = \"headscale:8080\"", nil, "tailscale.control_url"},
 		{"allowed host with port", `allowed_hosts = ["forge:8000"]`, nil, "allowed_hosts[0]"},
 		{"allowed host url", `allowed_hosts = ["http://forge"]`, nil, "allowed_hosts[0]"},
+		{"git timeout", `git_timeout = "-1s"`, nil, "git_timeout"},
+		{"public url without scheme", `public_url = "forge.example.com:5000"`, nil, "public_url"},
+		{"public url with a query", `public_url = "http://forge.example.com:5000/?x=1"`, nil, "public_url"},
+		{"public url ftp", `public_url = "ftp://forge.example.com"`, nil, "public_url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,6 +156,51 @@ func TestErrorsNameTheKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHostErrors: [[hosts]] entries are checked as the fleet API checks an
+// admin's request, and the error names the key.
+func TestHostErrors(t *testing.T) {
+	keyA := newPublicKey(t, "agent-a")
+	keyB := newPublicKey(t, "agent-b")
+	host := func(fields string) string { return "[[hosts]]\n" + fields + "\n" }
+	const storePath = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-a"
+	tests := []struct {
+		name, toml, want string
+	}{
+		{"good", host(`name = "a"`+"\npublic_key = \""+keyA+`"`+"\npolicy = \"pinned\"\ntarget = \""+storePath+`"`) +
+			host(`name = "b"`+"\npublic_key = \""+keyB+`"`+"\nconfiguration = \"b-2\""), ""},
+		{"bad name", host(`name = "a.b"` + "\npublic_key = \"" + keyA + `"`), "hosts[0].name"},
+		{"bad key", host(`name = "a"` + "\npublic_key = \"agent-a:nope\""), "hosts[0].public_key"},
+		{"duplicate key", host(`name = "a"`+"\npublic_key = \""+keyA+`"`) + host(`name = "b"`+"\npublic_key = \""+keyA+`"`),
+			"hosts[1].public_key: is also hosts[0]'s key (a)"},
+		{"target not a store path", host(`name = "a"` + "\npublic_key = \"" + keyA + `"` + "\ntarget = \"/etc/nixos\""), "hosts[0].target: \"/etc/nixos\" is not a store path"},
+		{"target with a bad hash", host(`name = "a"` + "\npublic_key = \"" + keyA + `"` + "\ntarget = \"/nix/store/eeee-x\""), "hosts[0].target"},
+		{"pinned without target", host(`name = "a"` + "\npublic_key = \"" + keyA + `"` + "\npolicy = \"pinned\""), "hosts[0].target"},
+		{"bad configuration", host(`name = "a"` + "\npublic_key = \"" + keyA + `"` + "\nconfiguration = \"a.b\""), "hosts[0].configuration"},
+		{"auto without repository", host(`name = "a"` + "\npublic_key = \"" + keyA + `"` + "\npolicy = \"auto\"\nrepository = \"infra\""), "hosts[0].repository"},
+		{"top-level key after a table", host(`name = "a"`+"\npublic_key = \""+keyA+`"`) + `fleet_enrolment = "closed"`, "unknown key hosts.fleet_enrolment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, tt.toml), env(nil))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("err = %v, want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func newPublicKey(t *testing.T, name string) string {
+	t.Helper()
+	k, err := signing.Generate(name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Public().String()
 }
 
 func TestValidName(t *testing.T) {

@@ -33,7 +33,12 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if errors.Is(err, io.EOF) && !b.done {
 		b.done = true
-		b.rc.SetReadDeadline(time.Time{})
+		// The body is in; a connection that cannot lift the deadline
+		// (none does) would at worst close early: report it as the read's
+		// error then.
+		if derr := b.rc.SetReadDeadline(time.Time{}); derr != nil {
+			return n, derr
+		}
 	}
 	return n, err
 }

@@ -34,7 +34,9 @@ func TestBodyDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	if _, err := fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-got; err == nil || !strings.Contains(err.Error(), "timeout") {
 		t.Fatalf("handler read of a stalled body: %v, want a timeout", err)
 	}
@@ -56,7 +58,9 @@ func TestBodyDeadline(t *testing.T) {
 	defer c2.Close()
 	br := bufio.NewReader(c2)
 	for i := range 2 {
-		fmt.Fprintf(c2, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+		if _, err := fmt.Fprintf(c2, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"); err != nil {
+			t.Fatal(err)
+		}
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("request %d on one connection: %v", i, err)

@@ -39,6 +39,15 @@ type Build struct {
 	CreatedAt   time.Time  `json:"created_at"`
 	StartedAt   *time.Time `json:"started_at"`
 	FinishedAt  *time.Time `json:"finished_at"`
+	// Counts are the build's attribute results so far, by outcome.
+	Counts ResultCounts `json:"counts"`
+}
+
+// ResultCounts counts a build's attributes by outcome.
+type ResultCounts struct {
+	Built   int `json:"built"`
+	Failed  int `json:"failed"`
+	Skipped int `json:"skipped"`
 }
 
 // Active reports whether the build is queued or running.
@@ -46,19 +55,31 @@ func (b *Build) Active() bool { return b.Status == StatusQueued || b.Status == S
 
 // Result is the outcome of building one attribute.
 type Result struct {
-	ID         int64      `json:"id"`
-	BuildID    int64      `json:"build_id"`
-	Attr       string     `json:"attr"`
-	Kind       string     `json:"kind"`
-	Status     string     `json:"status"`
-	DrvPath    string     `json:"drv_path,omitempty"`
-	OutPaths   []string   `json:"out_paths"`
-	Error      string     `json:"error,omitempty"`
+	ID       int64    `json:"id"`
+	BuildID  int64    `json:"build_id"`
+	Attr     string   `json:"attr"`
+	Kind     string   `json:"kind"`
+	Status   string   `json:"status"`
+	DrvPath  string   `json:"drv_path,omitempty"`
+	OutPaths []string `json:"out_paths"`
+	Error    string   `json:"error,omitempty"`
+	// LogTail is the end of the attribute's part of the build log, for a
+	// failed attribute: the failing builder's last lines and Nix's error.
+	LogTail    string     `json:"log_tail,omitempty"`
 	StartedAt  time.Time  `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
+	// LogStart and LogEnd are byte offsets of the attribute's part of the
+	// build log; LogStart is nil when it was not recorded, LogEnd nil
+	// while the attribute builds.
+	LogStart *int64 `json:"-"`
+	LogEnd   *int64 `json:"-"`
 }
 
-const buildCols = `id, repository, status, reason, commit_sha, short_commit, error, log_path, created_at, started_at, finished_at`
+// buildCols are a build's columns and its result counts, for "FROM builds".
+const buildCols = `id, repository, status, reason, commit_sha, short_commit, error, log_path, created_at, started_at, finished_at,
+	(SELECT COUNT(*) FROM build_results r WHERE r.build_id = builds.id AND r.status = 'success'),
+	(SELECT COUNT(*) FROM build_results r WHERE r.build_id = builds.id AND r.status = 'failed'),
+	(SELECT COUNT(*) FROM build_results r WHERE r.build_id = builds.id AND r.status = 'skipped')`
 
 func scanBuild(row interface{ Scan(...any) error }) (*Build, error) {
 	var (
@@ -66,7 +87,8 @@ func scanBuild(row interface{ Scan(...any) error }) (*Build, error) {
 		created           int64
 		started, finished sql.NullInt64
 	)
-	if err := row.Scan(&b.ID, &b.Repository, &b.Status, &b.Reason, &b.Commit, &b.ShortCommit, &b.Error, &b.LogPath, &created, &started, &finished); err != nil {
+	if err := row.Scan(&b.ID, &b.Repository, &b.Status, &b.Reason, &b.Commit, &b.ShortCommit, &b.Error, &b.LogPath, &created, &started, &finished,
+		&b.Counts.Built, &b.Counts.Failed, &b.Counts.Skipped); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrNotFound
 		}
@@ -91,30 +113,41 @@ func (d *DB) SyncRepository(ctx context.Context, name, url, branch string) error
 
 // CreateBuild queues a build, unless the repository already has an active
 // one: then it returns that build and created=false. The check and insert
-// are one transaction, so two triggers cannot both start a build.
+// are one transaction, and a unique index allows one active build per
+// repository, so two triggers cannot both start a build.
 func (d *DB) CreateBuild(ctx context.Context, repo, reason, logDir string) (b *Build, created bool, err error) {
 	err = d.tx(ctx, func(tx *sql.Tx) error {
-		existing, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND status IN ('queued', 'running') ORDER BY id DESC LIMIT 1`, repo))
-		if err == nil {
-			b = existing
+		// Twice at most: on PostgreSQL a concurrent trigger may insert
+		// between the check and the insert; the insert then does nothing
+		// and the next check (a new snapshot) finds that build.
+		for range 2 {
+			existing, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND status IN ('queued', 'running') ORDER BY id DESC LIMIT 1`, repo))
+			if err == nil {
+				b = existing
+				return nil
+			}
+			if !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			now := time.Now()
+			var id int64
+			err = tx.QueryRowContext(ctx, `INSERT INTO builds (repository, status, reason, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id`,
+				repo, StatusQueued, reason, millis(now)).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			logPath := fmt.Sprintf("%s/%d.log", strings.TrimSuffix(logDir, "/"), id)
+			if _, err := tx.ExecContext(ctx, `UPDATE builds SET log_path = $1 WHERE id = $2`, logPath, id); err != nil {
+				return err
+			}
+			b = &Build{ID: id, Repository: repo, Status: StatusQueued, Reason: reason, LogPath: logPath, CreatedAt: time.UnixMilli(millis(now)).UTC()}
+			created = true
 			return nil
 		}
-		if !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		now := time.Now()
-		var id int64
-		if err := tx.QueryRowContext(ctx, `INSERT INTO builds (repository, status, reason, created_at) VALUES ($1, $2, $3, $4) RETURNING id`,
-			repo, StatusQueued, reason, millis(now)).Scan(&id); err != nil {
-			return err
-		}
-		logPath := fmt.Sprintf("%s/%d.log", strings.TrimSuffix(logDir, "/"), id)
-		if _, err := tx.ExecContext(ctx, `UPDATE builds SET log_path = $1 WHERE id = $2`, logPath, id); err != nil {
-			return err
-		}
-		b = &Build{ID: id, Repository: repo, Status: StatusQueued, Reason: reason, LogPath: logPath, CreatedAt: time.UnixMilli(millis(now)).UTC()}
-		created = true
-		return nil
+		return errors.New("another build was created and finished meanwhile; trigger again")
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("create build for %s: %w", repo, err)
@@ -227,9 +260,15 @@ func (d *DB) ListBuilds(ctx context.Context, repo string, limit int, beforeID in
 
 // StartResult records that building attr has begun and returns its id.
 func (d *DB) StartResult(ctx context.Context, buildID int64, attr, kind string, at time.Time) (int64, error) {
+	return d.StartResultLog(ctx, buildID, attr, kind, at, nil)
+}
+
+// StartResultLog is StartResult for an attribute whose part of the build
+// log starts at byte logStart.
+func (d *DB) StartResultLog(ctx context.Context, buildID int64, attr, kind string, at time.Time, logStart *int64) (int64, error) {
 	var id int64
-	err := d.sql.QueryRowContext(ctx, `INSERT INTO build_results (build_id, attr, kind, status, started_at) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
-		buildID, attr, kind, ResultRunning, millis(at)).Scan(&id)
+	err := d.sql.QueryRowContext(ctx, `INSERT INTO build_results (build_id, attr, kind, status, started_at, log_start) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		buildID, attr, kind, ResultRunning, millis(at), nullInt(logStart)).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("record result %s of build %d: %w", attr, buildID, err)
 	}
@@ -238,28 +277,70 @@ func (d *DB) StartResult(ctx context.Context, buildID int64, attr, kind string, 
 
 // FinishResult records an attribute's outcome.
 func (d *DB) FinishResult(ctx context.Context, id int64, status, drvPath string, outPaths []string, errMsg string, at time.Time) error {
-	return d.exec(ctx, "finish result", `UPDATE build_results SET status = $1, drv_path = $2, out_paths = $3, error = $4, finished_at = $5 WHERE id = $6`,
-		status, drvPath, strings.Join(outPaths, " "), errMsg, millis(at), id)
+	return d.FinishResultLog(ctx, id, status, drvPath, outPaths, errMsg, at, nil, "")
+}
+
+// FinishResultLog is FinishResult that also records where the attribute's
+// part of the build log ends and, for a failure, its last lines.
+func (d *DB) FinishResultLog(ctx context.Context, id int64, status, drvPath string, outPaths []string, errMsg string, at time.Time, logEnd *int64, logTail string) error {
+	return d.exec(ctx, "finish result", `UPDATE build_results SET status = $1, drv_path = $2, out_paths = $3, error = $4, finished_at = $5, log_end = $6, log_tail = $7 WHERE id = $8`,
+		status, drvPath, strings.Join(outPaths, " "), errMsg, millis(at), nullInt(logEnd), logTail, id)
+}
+
+func nullInt(p *int64) sql.NullInt64 {
+	if p == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: *p, Valid: true}
+}
+
+func fromNullInt(n sql.NullInt64) *int64 {
+	if !n.Valid {
+		return nil
+	}
+	return &n.Int64
+}
+
+// Result returns one result of a build, or ErrNotFound.
+func (d *DB) Result(ctx context.Context, buildID, id int64) (*Result, error) {
+	rows, err := d.results(ctx, `WHERE build_id = $1 AND id = $2`, buildID, id)
+	if err != nil {
+		return nil, fmt.Errorf("result %d of build %d: %w", id, buildID, err)
+	}
+	if len(rows) == 0 {
+		return nil, ErrNotFound
+	}
+	return rows[0], nil
 }
 
 // Results returns a build's per-attribute results in the order they ran.
 func (d *DB) Results(ctx context.Context, buildID int64) ([]*Result, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT id, build_id, attr, kind, status, drv_path, out_paths, error, started_at, finished_at FROM build_results WHERE build_id = $1 ORDER BY id`, buildID)
+	out, err := d.results(ctx, `WHERE build_id = $1`, buildID)
 	if err != nil {
 		return nil, fmt.Errorf("results of build %d: %w", buildID, err)
+	}
+	return out, nil
+}
+
+func (d *DB) results(ctx context.Context, where string, args ...any) ([]*Result, error) {
+	rows, err := d.sql.QueryContext(ctx, `SELECT id, build_id, attr, kind, status, drv_path, out_paths, error, log_tail, started_at, finished_at, log_start, log_end
+		FROM build_results `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	out := []*Result{}
 	for rows.Next() {
 		var (
-			r        Result
-			outs     string
-			started  int64
-			finished sql.NullInt64
+			r                      Result
+			outs                   string
+			started                int64
+			finished, lstart, lend sql.NullInt64
 		)
-		if err := rows.Scan(&r.ID, &r.BuildID, &r.Attr, &r.Kind, &r.Status, &r.DrvPath, &outs, &r.Error, &started, &finished); err != nil {
-			return nil, fmt.Errorf("results of build %d: %w", buildID, err)
+		if err := rows.Scan(&r.ID, &r.BuildID, &r.Attr, &r.Kind, &r.Status, &r.DrvPath, &outs, &r.Error, &r.LogTail, &started, &finished, &lstart, &lend); err != nil {
+			return nil, err
 		}
+		r.LogStart, r.LogEnd = fromNullInt(lstart), fromNullInt(lend)
 		r.OutPaths = strings.Fields(outs)
 		if r.OutPaths == nil {
 			r.OutPaths = []string{}

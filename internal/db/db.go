@@ -1,5 +1,5 @@
-// Package db is the storage layer: builds, their results and (later) the
-// fleet, in SQLite by default or PostgreSQL, with one set of queries.
+// Package db is the storage layer: builds, their results and the fleet, in
+// SQLite by default or PostgreSQL, with one set of queries.
 package db
 
 import (
@@ -15,12 +15,14 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // driver "sqlite"
+	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
+	_ "modernc.org/sqlite"             // driver "sqlite"
 )
 
 // Dialect names a SQL engine. Queries are written once, in the subset both
-// understand ($n placeholders, RETURNING, BIGINT unix-millisecond times);
-// only the migrations differ.
+// understand ($n placeholders, RETURNING, ON CONFLICT, BIGINT
+// unix-millisecond times); the migrations differ, and so does row locking
+// (see forUpdate).
 type Dialect string
 
 const (
@@ -49,7 +51,7 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	)
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		return nil, errors.New("postgres: not built into this binary yet")
+		d, err = openPostgres(ctx, dsn)
 	default:
 		d, err = openSQLite(strings.TrimPrefix(dsn, "sqlite://"))
 	}
@@ -57,8 +59,7 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		return nil, err
 	}
 	if err := d.migrate(ctx); err != nil {
-		d.Close()
-		return nil, err
+		return nil, errors.Join(err, d.Close())
 	}
 	return d, nil
 }
@@ -89,16 +90,61 @@ func openSQLite(path string) (*DB, error) {
 	return &DB{sql: s, dialect: SQLite}, nil
 }
 
+// pgMaxConns bounds each process's connections to PostgreSQL: a server and
+// several builders share the server's max_connections (100 by default).
+// Idle connections are kept up to the same number, because database/sql
+// keeps only 2 by default and a busy server would reconnect per query.
+const pgMaxConns = 16
+
+func openPostgres(ctx context.Context, dsn string) (*DB, error) {
+	s, err := sql.Open("pgx", dsn)
+	if err != nil {
+		// pgx's parse errors show the DSN with its password masked.
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	s.SetMaxOpenConns(pgMaxConns)
+	s.SetMaxIdleConns(pgMaxConns)
+	if err := s.PingContext(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("connect to postgres (check `database` / --db, and that the server runs and accepts this user): %w", err), s.Close())
+	}
+	return &DB{sql: s, dialect: Postgres}, nil
+}
+
+// Dialect returns the engine the store runs on.
+func (d *DB) Dialect() Dialect { return d.dialect }
+
 // Close closes the database.
 func (d *DB) Close() error { return d.sql.Close() }
 
 // Ping checks the database answers.
 func (d *DB) Ping(ctx context.Context) error { return d.sql.PingContext(ctx) }
 
+// migrateLock is the PostgreSQL advisory lock key held while migrating
+// (any constant unlikely to be used by another application of the database).
+const migrateLock = 0x6372666f72676530 // "crforge0"
+
 // migrate applies the dialect's migrations not yet recorded, each in its
-// own transaction, in file-name order.
-func (d *DB) migrate(ctx context.Context) error {
-	if _, err := d.sql.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+// own transaction, in file-name order. On PostgreSQL several processes (a
+// server and its builders) may start at once: an advisory lock on one
+// connection makes them migrate one after another.
+func (d *DB) migrate(ctx context.Context) (err error) {
+	conn, err := d.sql.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() { err = errors.Join(err, conn.Close()) }()
+	if d.dialect == Postgres {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, int64(migrateLock)); err != nil {
+			return fmt.Errorf("migrate: lock: %w", err)
+		}
+		defer func() {
+			_, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrateLock))
+			if uerr != nil {
+				err = errors.Join(err, fmt.Errorf("migrate: unlock: %w", uerr))
+			}
+		}()
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	dir := "migrations/" + string(d.dialect)
@@ -119,25 +165,38 @@ func (d *DB) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("migrate %s: %w", name, err)
 		}
-		err = d.tx(ctx, func(tx *sql.Tx) error {
-			var n int
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, version).Scan(&n); err != nil {
-				return err
-			}
-			if n > 0 {
-				return nil
-			}
-			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
-				return err
-			}
-			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, version, millis(time.Now()))
-			return err
-		})
-		if err != nil {
+		if err := applyMigration(ctx, conn, version, string(body)); err != nil {
 			return fmt.Errorf("migrate %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+func applyMigration(ctx context.Context, conn *sql.Conn, version, body string) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	err = func() error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, version).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+		// Without arguments, both drivers run the file's statements as
+		// one multi-statement script (pgx: the simple query protocol).
+		if _, err := tx.ExecContext(ctx, body); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, version, millis(time.Now()))
+		return err
+	}()
+	if err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	return tx.Commit()
 }
 
 func (d *DB) tx(ctx context.Context, f func(*sql.Tx) error) error {
@@ -146,10 +205,20 @@ func (d *DB) tx(ctx context.Context, f func(*sql.Tx) error) error {
 		return err
 	}
 	if err := f(tx); err != nil {
-		tx.Rollback()
-		return err
+		return errors.Join(err, tx.Rollback())
 	}
 	return tx.Commit()
+}
+
+// forUpdate is appended to a SELECT, in a transaction, of rows the
+// transaction goes on to change: PostgreSQL locks them against concurrent
+// writers; SQLite needs nothing, its transactions here being IMMEDIATE
+// (they hold the database's one write lock from the start).
+func (d *DB) forUpdate() string {
+	if d.dialect == Postgres {
+		return " FOR UPDATE"
+	}
+	return ""
 }
 
 func millis(t time.Time) int64 { return t.UnixMilli() }

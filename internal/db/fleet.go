@@ -223,7 +223,9 @@ func (d *DB) RecordBeat(ctx context.Context, b Beat) (*Host, error) {
 	var before *Host
 	err := d.tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		before, err = scanHost(tx.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE name = $1`, b.Host))
+		// Locked: the host as it was before must be the state this
+		// heartbeat replaces, not one a concurrent heartbeat has replaced.
+		before, err = scanHost(tx.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE name = $1`+d.forUpdate(), b.Host))
 		if err != nil {
 			return err
 		}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
@@ -52,6 +54,9 @@ func (s *Service) checkPolicy(p Policy) error {
 			}
 		}
 	case db.PolicyPinned:
+		if p.Target == "" {
+			return invalid("a pinned host needs a target: give \"target\", the store path to hold it at (crystal-forge host set-policy NAME pinned --target STOREPATH)")
+		}
 		if err := s.checkPath(p.Target); err != nil {
 			return err
 		}
@@ -128,7 +133,10 @@ func (s *Service) Rekey(ctx context.Context, a Actor, name, publicKey string) er
 	if err := s.cfg.DB.SetHostKey(ctx, name, pk.String()); err != nil {
 		return err
 	}
-	s.cfg.DB.AddHostEvent(ctx, name, "rekeyed", fmt.Sprintf("key %s → %s", h.PublicKey, pk), s.now())
+	if err := s.cfg.DB.AddHostEvent(ctx, name, "rekeyed", fmt.Sprintf("key %s → %s", h.PublicKey, pk), s.now()); err != nil {
+		// The key changed; the event is history, the audit entry below says it too.
+		s.log.Error("record host event", "host", name, "err", err)
+	}
 	s.audit(ctx, a, "rekey", name, fmt.Sprintf("key %s → %s", h.PublicKey, pk))
 	return nil
 }
@@ -257,3 +265,38 @@ func (s *Service) View(ctx context.Context, h *db.Host, detail bool) (*HostView,
 
 // DB exposes the store for read-only API queries.
 func (s *Service) DB() *db.DB { return s.cfg.DB }
+
+// ConfigureHosts applies the configuration file's [[hosts]]: each is
+// created or updated, approved, with its policy. They are checked as the
+// API checks an admin's request (the store path against the store the
+// cache serves), and errors name the file's key.
+func (s *Service) ConfigureHosts(ctx context.Context, hosts []config.Host) error {
+	existing, err := s.cfg.DB.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	for i, h := range hosts {
+		key := fmt.Sprintf("config: hosts[%d]", i)
+		p := Policy{Policy: h.Policy, Target: h.Target, Repository: h.Repository, Configuration: h.Configuration}
+		if p.Policy == "" {
+			p.Policy = db.PolicyManual
+		}
+		if err := s.checkPolicy(p); err != nil {
+			return fmt.Errorf("%s (%s): %s", key, h.Name, strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+		}
+		pk, err := signing.ParsePublicKey(h.PublicKey)
+		if err != nil {
+			return fmt.Errorf("%s.public_key: %w", key, err)
+		}
+		for _, e := range existing {
+			if e.Name != h.Name && e.PublicKey == pk.String() {
+				return fmt.Errorf("%s.public_key: the database already has this key for host %q (%s); name this entry %q if it is that host, or use %s's own key",
+					key, e.Name, e.Status, e.Name, h.Name)
+			}
+		}
+		if err := s.cfg.DB.UpsertHost(ctx, &db.Host{Name: h.Name, PublicKey: pk.String(), Policy: p.Policy, Target: p.Target, Repository: p.Repository, Configuration: p.Configuration}); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	return nil
+}

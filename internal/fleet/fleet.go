@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -76,11 +75,9 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now, enrols: enrols}
 }
 
-// hostRE: host names as NixOS allows them (networking.hostName).
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
-
-// ValidHostName reports whether s can name a host.
-func ValidHostName(s string) bool { return hostRE.MatchString(s) }
+// ValidHostName reports whether s can name a host (the configuration file
+// checks with the same function).
+func ValidHostName(s string) bool { return fleetproto.ValidHostName(s) }
 
 // Rejection is a heartbeat the server refuses, with the status to answer.
 type Rejection struct {
@@ -106,19 +103,9 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	if err := fleetproto.VerifyHeartbeat(h, body, pk); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "heartbeat signature does not verify")
 	}
-	var hb fleetproto.Heartbeat
-	if err := json.Unmarshal(body, &hb); err != nil {
-		return nil, nil, reject(http.StatusBadRequest, "malformed heartbeat: %v", err)
-	}
-	if !ValidHostName(hb.Host) {
-		return nil, nil, reject(http.StatusBadRequest, "invalid host name %q", hb.Host)
-	}
-	storeDir := s.cfg.Store.StoreDir()
-	if hb.Current != "" && !fleetproto.ValidStorePath(hb.Current, storeDir) {
-		return nil, nil, reject(http.StatusBadRequest, "current system %q is not a store path", hb.Current)
-	}
-	if hb.Nonce == "" || len(hb.Nonce) > 128 {
-		return nil, nil, reject(http.StatusBadRequest, "missing or oversized nonce")
+	hb, err := fleetproto.DecodeHeartbeat(body, s.cfg.Store.StoreDir())
+	if err != nil {
+		return nil, nil, reject(http.StatusBadRequest, "%v", err)
 	}
 	if err := checkSizes(&hb); err != nil {
 		return nil, nil, err
@@ -139,7 +126,7 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 		return nil, nil, reject(http.StatusUnauthorized, "key not registered for host %s", hb.Host)
 	}
 	if host.Status != db.HostApproved {
-		s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
+		s.touchPending(ctx, hb.Host, remote, now)
 		return nil, nil, &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
 	}
 
@@ -156,7 +143,7 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	}
 	if before.Fingerprint != "" && before.Fingerprint != hb.Fingerprint {
 		s.log.Warn("hardware fingerprint changed", "host", hb.Host, "old", before.Fingerprint, "new", hb.Fingerprint)
-		s.cfg.DB.AddHostEvent(ctx, hb.Host, "fingerprint-changed", fmt.Sprintf("%s → %s", before.Fingerprint, hb.Fingerprint), now)
+		s.addEvent(ctx, hb.Host, "fingerprint-changed", fmt.Sprintf("%s → %s", before.Fingerprint, hb.Fingerprint), now)
 	}
 	if d := hb.Deployment; d != nil {
 		s.recordDeployment(ctx, hb.Host, d, now)
@@ -270,8 +257,8 @@ func (s *Service) enrol(ctx context.Context, hb fleetproto.Heartbeat, pk *signin
 		return err
 	}
 	now := s.now()
-	s.cfg.DB.TouchPending(ctx, hb.Host, remote, now)
-	s.cfg.DB.AddHostEvent(ctx, hb.Host, "enrolled", "first contact from "+remote+" with key "+pk.String()+"; awaiting approval", now)
+	s.touchPending(ctx, hb.Host, remote, now)
+	s.addEvent(ctx, hb.Host, "enrolled", "first contact from "+remote+" with key "+pk.String()+"; awaiting approval", now)
 	s.log.Info("new host awaiting approval", "host", hb.Host, "remote", remote, "key", pk.String())
 	return &Rejection{Code: http.StatusForbidden, Detail: "host is waiting for approval", Pending: true}
 }
@@ -286,7 +273,24 @@ func (s *Service) recordDeployment(ctx context.Context, host string, d *fleetpro
 	// or unfetchable target, which changed nothing) blocks a retry.
 	if d.Status == fleetproto.DeployFailed || d.Status == fleetproto.DeployRolledBack || d.Status == fleetproto.DeployNotApplied {
 		s.log.Warn("deployment failed", "host", host, "target", d.Target, "status", d.Status, "err", d.Error)
-		s.cfg.DB.AddHostEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
+		s.addEvent(ctx, host, "deployment-failed", fmt.Sprintf("%s: %s (%s)", d.Status, d.Target, d.Error), now)
+	}
+}
+
+// touchPending records when a pending host was last heard from. A failure
+// is logged, not returned: the agent's answer (403, pending) stays true.
+func (s *Service) touchPending(ctx context.Context, host, remote string, at time.Time) {
+	if err := s.cfg.DB.TouchPending(ctx, host, remote, at); err != nil {
+		s.log.Error("record last contact of pending host", "host", host, "remote", remote, "err", err)
+	}
+}
+
+// addEvent records a host event (an alert). A failure is logged with the
+// whole event, so it is not lost without a trace, and does not fail a
+// heartbeat whose other writes are already committed.
+func (s *Service) addEvent(ctx context.Context, host, kind, detail string, at time.Time) {
+	if err := s.cfg.DB.AddHostEvent(ctx, host, kind, detail, at); err != nil {
+		s.log.Error("record host event", "host", host, "kind", kind, "detail", detail, "err", err)
 	}
 }
 

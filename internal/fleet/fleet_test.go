@@ -1,10 +1,11 @@
 package fleet_test
 
 // Tests of the fleet's server side over real parts: a SQLite database in a
-// temporary directory, the system Nix store read through nixstore, store
-// paths built with nix-build, ed25519 keys. Heartbeats go to
-// Service.Heartbeat directly and, where status codes and headers matter,
-// through the HTTP API (internal/api on an httptest server).
+// temporary directory (and for some tests a PostgreSQL database, onPostgres), a Nix store database the test writes (with
+// testsupport.WriteStoreDB; these tests only ask the store whether a target
+// is valid, so they need no Nix) read through nixstore, ed25519 keys.
+// Heartbeats go to Service.Heartbeat directly and, where status codes and
+// headers matter, through the HTTP API (internal/api on an httptest server).
 
 import (
 	"bytes"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/auth"
+	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
@@ -31,6 +33,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 	ts "github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
 )
 
 // clock is the service's clock: tests move it, so timestamps, drift and
@@ -52,11 +55,13 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// env is a fleet service over a fresh database and the system store.
+// env is a fleet service over a fresh database and a store that holds
+// closure.
 type env struct {
 	t         *testing.T
 	db        *db.DB
 	store     *nixstore.Store
+	closure   ts.Closure
 	serverKey *signing.SecretKey
 	svc       *fleet.Service
 	clock     *clock
@@ -74,18 +79,18 @@ var admin = fleet.Actor{Name: "alice", Remote: "192.0.2.10:4000"}
 
 func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	t.Helper()
-	ts.RequireNix(t)
 	ctx := t.Context()
 	d, err := db.Open(ctx, filepath.Join(t.TempDir(), "crystal-forge.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
-	st, err := nixstore.Open(ctx, nixstore.Config{})
+	ts.CloseAtCleanup(t, d)
+	closure, storeCfg := ts.StoreDBClosure(t)
+	st, err := nixstore.Open(ctx, storeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	ts.CloseAtCleanup(t, st)
 	key, err := signing.Generate("cf-test-server", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +101,7 @@ func newEnv(t *testing.T, configure ...func(*fleet.Config)) *env {
 	for _, f := range configure {
 		f(&cfg)
 	}
-	return &env{t: t, db: d, store: st, serverKey: key, svc: fleet.New(cfg), clock: c}
+	return &env{t: t, db: cfg.DB, store: st, closure: closure, serverKey: key, svc: fleet.New(cfg), clock: c}
 }
 
 // withAPI serves the env's fleet service over HTTP, on the same database.
@@ -267,6 +272,30 @@ func both(t *testing.T, f func(t *testing.T, e *env), configure ...func(*fleet.C
 		e.viaHTTP = true
 		f(t, e)
 	})
+	t.Run("postgres", func(t *testing.T) { f(t, newEnv(t, append(configure, onPostgres(t))...)) })
+}
+
+// onPostgres gives the service a fresh PostgreSQL database instead of
+// SQLite.
+func onPostgres(t *testing.T) func(*fleet.Config) {
+	return func(c *fleet.Config) {
+		d, err := db.Open(t.Context(), pgtest.NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := d.Close(); err != nil {
+				t.Errorf("close database: %v", err)
+			}
+		})
+		c.DB = d
+	}
+}
+
+// eachDB runs f on SQLite and on PostgreSQL; f passes onDB to newEnv.
+func eachDB(t *testing.T, f func(t *testing.T, onDB ...func(*fleet.Config))) {
+	t.Run("sqlite", func(t *testing.T) { f(t) })
+	t.Run("postgres", func(t *testing.T) { f(t, onPostgres(t)) })
 }
 
 // ghostPath is a well-formed store path that was never built.
@@ -684,13 +713,12 @@ func TestDeploymentReports(t *testing.T) {
 	}
 }
 
-// policyEnv has a host running closure.Leaf and a real closure to target.
-func policyEnv(t *testing.T) (*env, *agent, ts.Closure) {
-	e := newEnv(t)
-	c := ts.BuildClosure(t)
+// policyEnv has a host and a closure in the store to target.
+func policyEnv(t *testing.T, configure ...func(*fleet.Config)) (*env, *agent, ts.Closure) {
+	e := newEnv(t, configure...)
 	a := newAgent(t, "chesty")
 	e.add(a, fleet.Policy{})
-	return e, a, c
+	return e, a, e.closure
 }
 
 func TestPolicyManual(t *testing.T) {
@@ -865,8 +893,10 @@ func addNixosBuild(t *testing.T, d *db.DB, repo, attr, status, out, drv string) 
 	return b.ID
 }
 
-func TestPolicyAuto(t *testing.T) {
-	e, a, c := policyEnv(t)
+func TestPolicyAuto(t *testing.T) { eachDB(t, testPolicyAuto) }
+
+func testPolicyAuto(t *testing.T, onDB ...func(*fleet.Config)) {
+	e, a, c := policyEnv(t, onDB...)
 	ctx := t.Context()
 	if err := e.svc.SetPolicy(ctx, admin, "chesty", fleet.Policy{Policy: db.PolicyAuto, Repository: testRepo}, ""); err != nil {
 		t.Fatal(err)
@@ -929,8 +959,10 @@ func TestPolicyAuto(t *testing.T) {
 	}
 }
 
-func TestAudit(t *testing.T) {
-	e := newEnv(t)
+func TestAudit(t *testing.T) { eachDB(t, testAudit) }
+
+func testAudit(t *testing.T, onDB ...func(*fleet.Config)) {
+	e := newEnv(t, onDB...)
 	ctx := t.Context()
 	a, b := newAgent(t, "chesty"), newAgent(t, "pending-one")
 	target := systemPath(t, "chesty")
@@ -1099,7 +1131,7 @@ func apiCall(t *testing.T, e *env, method, path, actor string, body any, wantCod
 func TestAdminAPI(t *testing.T) {
 	e := newEnv(t).withAPI()
 	e.viaHTTP = true
-	c := ts.BuildClosure(t)
+	c := e.closure
 	a, p := newAgent(t, "chesty"), newAgent(t, "pending-one")
 
 	var created db.Host
@@ -1165,7 +1197,11 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("set target = %v", set)
 	}
 	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "auto", "repository": "nope"}, 400, nil)
-	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned"}, 400, nil)
+	var pinErr map[string]string
+	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned"}, 400, &pinErr)
+	if d := pinErr["detail"]; !strings.Contains(d, "a pinned host needs a target") || !strings.Contains(d, "--target STOREPATH") {
+		t.Errorf("pinned without a target: detail %q does not say a pinned host needs --target", d)
+	}
 	apiCall(t, e, "POST", "/api/v1/hosts/nobody/policy", "erin", map[string]string{"policy": "manual"}, 404, nil)
 	apiCall(t, e, "POST", "/api/v1/hosts/chesty/policy", "erin", map[string]string{"policy": "pinned", "target": c.Top}, 200, &set)
 	if pol, _ := set["policy"].(map[string]any); pol["policy"] != "pinned" || pol["target"] != c.Top {
@@ -1266,11 +1302,58 @@ func TestAdminAPI(t *testing.T) {
 
 // The heartbeat and the admin API only exist when the server has a fleet.
 func TestNoFleetAPI(t *testing.T) {
-	ts.RequireNix(t)
 	s := ts.StartBuildServer(t, ts.BuildServerConfig{})
 	for _, r := range []struct{ method, path string }{{"POST", fleetproto.Path}, {"GET", "/api/v1/hosts"}, {"GET", "/api/v1/audit"}} {
 		if code, _ := s.Do(t, r.method, r.path, nil, nil); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
 			t.Errorf("%s %s without a fleet = %d", r.method, r.path, code)
 		}
+	}
+}
+
+// TestConfigureHosts: the configuration file's hosts are applied approved;
+// a key another host already has, or a target outside the store, is
+// refused with an error naming the file's key, not a database constraint.
+func TestConfigureHosts(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	a, b := newAgent(t, "alpha"), newAgent(t, "beta")
+	target := systemPath(t, "alpha")
+	if err := e.svc.ConfigureHosts(ctx, []config.Host{{Name: "alpha", PublicKey: a.pub(), Policy: "pinned", Target: target}}); err != nil {
+		t.Fatal(err)
+	}
+	if h := e.host("alpha"); h.Status != db.HostApproved || h.Policy != db.PolicyPinned || h.Target != target || h.PublicKey != a.pub() {
+		t.Errorf("configured host = %+v, want approved, pinned to %s", h, target)
+	}
+
+	// beta enrols itself with its key; then the file names that key for
+	// another host.
+	e.beat(b, e.heartbeat(b, systemPath(t, "beta")))
+	for _, tt := range []struct {
+		name string
+		host config.Host
+		want []string
+	}{
+		{"key of another host", config.Host{Name: "gamma", PublicKey: b.pub()},
+			[]string{"config: hosts[1].public_key", `host "beta" (pending)`, `name this entry "beta"`}},
+		{"target in another store", config.Host{Name: "gamma", PublicKey: newAgent(t, "gamma").pub(), Policy: "pinned", Target: "/other/store/" + strings.TrimPrefix(target, "/nix/store/")},
+			[]string{"config: hosts[1] (gamma)", "target must be a store path like /nix/store/"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := e.svc.ConfigureHosts(ctx, []config.Host{{Name: "alpha", PublicKey: a.pub()}, tt.host})
+			if err == nil {
+				t.Fatal("ConfigureHosts accepted it")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "UNIQUE") || strings.Contains(err.Error(), "invalid request") {
+				t.Errorf("error %q speaks database or HTTP, not configuration", err)
+			}
+		})
+	}
+	if h := e.host("beta"); h.Status != db.HostPending || h.PublicKey != b.pub() {
+		t.Errorf("beta after the refused configuration = %+v, want untouched", h)
 	}
 }

@@ -11,9 +11,11 @@ package fleetproto
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -166,6 +168,13 @@ func CheckFresh(ts, now time.Time) error {
 	return nil
 }
 
+// hostRE: host names as NixOS allows them (networking.hostName).
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+
+// ValidHostName reports whether s can name a host (and a
+// nixosConfigurations attribute a host follows).
+func ValidHostName(s string) bool { return hostRE.MatchString(s) }
+
 // ValidStorePath reports whether p is a top-level store path under
 // storeDir: <storeDir>/<32 nix32 characters>-<name>, with Nix's rules for
 // the name. It is the only thing an agent will ever switch to.
@@ -185,4 +194,27 @@ func ValidStorePath(p, storeDir string) bool {
 		}
 	}
 	return true
+}
+
+// MaxNonce is the longest nonce a heartbeat may carry.
+const MaxNonce = 128
+
+// DecodeHeartbeat parses a heartbeat body and checks what the server relies
+// on: a valid host name, a top-level store path under storeDir (or none) as
+// the current system, and a nonce. Freshness needs the clock: CheckFresh.
+func DecodeHeartbeat(body []byte, storeDir string) (Heartbeat, error) {
+	var hb Heartbeat
+	if err := json.Unmarshal(body, &hb); err != nil {
+		return Heartbeat{}, fmt.Errorf("malformed heartbeat: %w", err)
+	}
+	if !ValidHostName(hb.Host) {
+		return Heartbeat{}, fmt.Errorf("invalid host name %q", hb.Host)
+	}
+	if hb.Current != "" && !ValidStorePath(hb.Current, storeDir) {
+		return Heartbeat{}, fmt.Errorf("current system %q is not a store path", hb.Current)
+	}
+	if hb.Nonce == "" || len(hb.Nonce) > MaxNonce {
+		return Heartbeat{}, errors.New("missing or oversized nonce")
+	}
+	return hb, nil
 }

@@ -274,6 +274,9 @@ func (b *body) Read(p []byte) (int, error) {
 			return 0, b.fail(err)
 		}
 	}
+	// A body may take longer than IdleTimeout in all (a big upload): the
+	// deadline moves with each read, so only a stalled client is cut off.
+	b.c.extendReadDeadline()
 	n, err := b.r.Read(p)
 	if errors.Is(err, io.EOF) {
 		if b.r == &b.limited && b.limited.N > 0 {
@@ -328,6 +331,9 @@ func (c *conn) skipTrailer() error {
 	}
 }
 
+// unread reports whether the client may still be sending body bytes.
+func (b *body) unread() bool { return b.r != nil && !b.eof }
+
 // drain reads what the handler left of the body, and reports whether the
 // connection can carry another request.
 func (b *body) drain() bool {
@@ -350,7 +356,8 @@ func (c *conn) writeError(e *protocolError) {
 	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\n", e.code, http.StatusText(e.code))
 	c.bw.Write(c.srv.dateHeader(time.Now()))
 	fmt.Fprintf(c.bw, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
-	c.bw.Flush()
+	// The connection is closed next whether or not this reached the client.
+	_ = c.bw.Flush()
 }
 
 // isToken reports whether b is an RFC 9110 token (method, header name).

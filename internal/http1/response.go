@@ -141,7 +141,8 @@ func (w *response) Flush() {
 		w.WriteHeader(http.StatusOK)
 	}
 	if w.startStream() == nil {
-		w.c.bw.Flush()
+		// http.Flusher has no error: bufio keeps it for the next write.
+		_ = w.c.bw.Flush()
 	}
 }
 

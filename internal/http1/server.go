@@ -48,7 +48,8 @@ const (
 type Server struct {
 	Handler http.Handler
 	// IdleTimeout is how long a connection may take, after its previous
-	// response, to deliver the next request's line and headers in full.
+	// response, to deliver the next request's line and headers in full,
+	// and how long a request body may go without delivering a byte.
 	IdleTimeout time.Duration
 	// WriteTimeout is how long a write to the client may make no progress
 	// before the connection is dropped (not a limit on a whole response).
@@ -300,16 +301,25 @@ type conn struct {
 	linger bool
 }
 
+// lingerTime bounds how long a closing connection reads and drops what the
+// client still sends (nginx's lingering_time, shorter).
+const lingerTime = 5 * time.Second
+
 // lingerClose ends the sending side after the response, then reads and
-// drops what the client still sends, briefly, so the close is not a reset
-// (net/http waits the same way).
+// drops what the client still sends until it stops or lingerTime passes,
+// so the close is not a reset that destroys the answer before the client
+// reads it. A client refused in the middle of a large upload (a 401 for a
+// NAR PUT) keeps writing until it sees the answer; stopping to read after
+// a fixed number of bytes would reset it.
 func (c *conn) lingerClose() {
 	cw, ok := c.nc.(interface{ CloseWrite() error })
 	if !ok || cw.CloseWrite() != nil {
 		return
 	}
-	c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.CopyN(io.Discard, c.nc, maxDrain)
+	if err := c.nc.SetReadDeadline(time.Now().Add(lingerTime)); err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, c.nc) // best effort: the connection closes next
 }
 
 func (c *conn) serve() {
@@ -358,6 +368,11 @@ func (c *conn) serve() {
 		// The response ends the connection if the client asked (r.Close)
 		// or the response requires it (serveRequest reports both).
 		if !c.serveRequest() || s.inShutdown.Load() {
+			// A response that did not read the whole body (an upload
+			// refused before it was read) closes the connection: linger,
+			// or the close resets the connection before the client has
+			// read the answer.
+			c.linger = c.body.unread()
 			return
 		}
 		if !c.body.drain() {

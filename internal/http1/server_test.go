@@ -58,7 +58,9 @@ func startServer(t testing.TB, s *Server) *testServer {
 		if err := s.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
-		s.Close()
+		if err := s.Close(); err != nil {
+			t.Errorf("Close after Shutdown: %v", err)
+		}
 		if err := ts.waitServe(t); !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
@@ -173,7 +175,9 @@ func pattern(n int) []byte {
 func writeInPieces(w io.Writer, b []byte, size int) {
 	for len(b) > 0 {
 		n := min(size, len(b))
-		w.Write(b[:n])
+		if _, err := w.Write(b[:n]); err != nil {
+			return // the client sees a short body, which the test reports
+		}
 		b = b[n:]
 	}
 }
@@ -415,7 +419,9 @@ func TestHEAD(t *testing.T) {
 			io.WriteString(w, "after flush")
 		case "/readfrom":
 			w.Header().Set("Content-Length", "5")
-			w.(io.ReaderFrom).ReadFrom(strings.NewReader("12345"))
+			if _, err := w.(io.ReaderFrom).ReadFrom(strings.NewReader("12345")); err != nil {
+				t.Errorf("ReadFrom: %v", err)
+			}
 		}
 	}))
 
@@ -514,7 +520,9 @@ func TestKeepAlive(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			io.Copy(io.Discard, resp.Body)
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				t.Fatal(err)
+			}
 			resp.Body.Close()
 		}
 		mu.Lock()
@@ -642,7 +650,9 @@ func TestMalformedRequests(t *testing.T) {
 			c := dialRaw(t, ts.addr)
 			c.write(tt.req)
 			if tt.halfClose {
-				c.nc.(*net.TCPConn).CloseWrite()
+				if err := c.nc.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			resp, body := c.read("GET")
 			if resp.StatusCode != tt.want {
@@ -883,7 +893,9 @@ func TestNoStateLeak(t *testing.T) {
 	got := make(chan string, 1)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /one/{id}", func(w http.ResponseWriter, r *http.Request) {
-		r.ParseForm()
+		if err := r.ParseForm(); err != nil {
+			t.Errorf("ParseForm: %v", err)
+		}
 		w.Header().Set("X-Only-First", "1")
 		w.Header().Add("Vary", "A")
 		w.WriteHeader(http.StatusAccepted)
@@ -1037,16 +1049,24 @@ func TestRequestBody(t *testing.T) {
 			c := dialRaw(t, ts.addr)
 			// The second request follows at once, as a pipelining client's
 			// would: it must not be mistaken for body.
-			go io.WriteString(c.nc, tt.req+get("/next"))
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := io.WriteString(c.nc, tt.req+get("/next"))
+				wrote <- err
+			}()
 			if _, body := c.read("POST"); body != tt.want {
 				t.Errorf("body %q, want %q", body, tt.want)
 			}
 			if !tt.after {
+				// The server closes without reading on: the write may fail.
 				c.expectClosed()
 				return
 			}
 			if _, body := c.read("GET"); body != "ignored /next" {
 				t.Errorf("second response %q", body)
+			}
+			if err := recv(t, wrote); err != nil {
+				t.Errorf("write the requests: %v", err)
 			}
 		})
 	}
@@ -1058,7 +1078,7 @@ func TestRequestBody(t *testing.T) {
 		go func() {
 			defer close(done)
 			// The server stops reading: this write may fail, and that is fine.
-			io.WriteString(c.nc, "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n"+string(pattern(n))+get("/next"))
+			_, _ = io.WriteString(c.nc, "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n"+string(pattern(n))+get("/next"))
 		}()
 		resp, body := c.read("POST")
 		if body != "ignored /ignore" {
@@ -1074,7 +1094,9 @@ func TestRequestBody(t *testing.T) {
 	t.Run("body shorter than Content-Length", func(t *testing.T) {
 		c := dialRaw(t, ts.addr)
 		c.write("POST /err HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
-		c.nc.(*net.TCPConn).CloseWrite()
+		if err := c.nc.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
 		c.read("POST")
 		c.expectClosed()
 		mu.Lock()
@@ -1380,14 +1402,18 @@ func TestReadFrom(t *testing.T) {
 			w.Header().Set("Content-Length", strconv.Itoa(size))
 			_, cerr = io.Copy(w, f)
 		case "/part":
-			f.Seek(off, io.SeekStart)
+			if _, err := f.Seek(off, io.SeekStart); err != nil {
+				t.Error(err)
+			}
 			w.Header().Set("Content-Length", strconv.Itoa(n))
 			_, cerr = io.Copy(w, io.LimitReader(f, n))
 		case "/after-write":
 			// Some bytes through Write first, the rest by sendfile.
 			w.Header().Set("Content-Length", strconv.Itoa(size))
 			w.Write(content[:100])
-			f.Seek(100, io.SeekStart)
+			if _, err := f.Seek(100, io.SeekStart); err != nil {
+				t.Error(err)
+			}
 			_, cerr = io.Copy(w, f)
 		case "/file-longer-than-declared":
 			w.Header().Set("Content-Length", strconv.Itoa(size/2))
@@ -1446,7 +1472,9 @@ func TestReadFrom(t *testing.T) {
 		}
 		if tt.wantHead {
 			resp, got, err := fetch(t, c, "HEAD", tt.path)
-			recv(t, copyErrs)
+			if err := recv(t, copyErrs); err != nil {
+				t.Errorf("HEAD %s: copy returned %v", tt.path, err)
+			}
 			if err != nil || got != sum(nil) || resp.ContentLength != int64(len(tt.want)) {
 				t.Errorf("HEAD %s: length %d, %v", tt.path, resp.ContentLength, err)
 			}
@@ -1463,7 +1491,9 @@ func TestReadFrom(t *testing.T) {
 		if _, err := io.Copy(h, resp.Body); err != nil || fmt.Sprintf("%x", h.Sum(nil)) != sum(content) {
 			t.Errorf("sha256 mismatch, %v", err)
 		}
-		recv(t, copyErrs)
+		if err := recv(t, copyErrs); err != nil {
+			t.Errorf("copy returned %v", err)
+		}
 	})
 
 	t.Run("file shorter than declared", func(t *testing.T) {
@@ -1472,7 +1502,11 @@ func TestReadFrom(t *testing.T) {
 		if !errors.Is(err, io.ErrUnexpectedEOF) || got != sum(content) {
 			t.Errorf("got %s, %v; want the whole file and unexpected EOF", got, err)
 		}
-		recv(t, copyErrs)
+		// The handler copied the whole file without error; the server
+		// then finds the body short of its Content-Length and closes.
+		if err := recv(t, copyErrs); err != nil {
+			t.Errorf("copy returned %v", err)
+		}
 		c.expectClosed()
 	})
 }
@@ -1638,7 +1672,9 @@ func TestShutdown(t *testing.T) {
 		recv(t, entered)
 		shutdownErr := make(chan error, 1)
 		go func() { shutdownErr <- ts.Shutdown(context.Background()) }()
-		ts.waitServe(t)
+		if err := ts.waitServe(t); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
 		release()
 		if _, body := c.read("GET"); body != "ok" {
 			t.Errorf("body %q", body)
@@ -1682,9 +1718,15 @@ func TestServeErrors(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
+	bodyErrs := make(chan error, 1)
 	ts := startServer(t, &Server{
 		IdleTimeout: 200 * time.Millisecond,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut {
+				_, err := io.Copy(io.Discard, r.Body)
+				bodyErrs <- err
+				return
+			}
 			io.WriteString(w, "ok")
 		}),
 	})
@@ -1708,6 +1750,17 @@ func TestIdleTimeout(t *testing.T) {
 	t.Run("partial headers", func(t *testing.T) {
 		c := dialRaw(t, ts.addr)
 		c.write("GET / HTTP/1.1\r\nHost: t\r\n")
+		c.expectClosed()
+	})
+
+	t.Run("stalled body", func(t *testing.T) {
+		c := dialRaw(t, ts.addr)
+		c.write("PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nhalf")
+		if err := <-bodyErrs; err == nil {
+			t.Fatal("the handler read a stalled body without error")
+		}
+		// The body is unusable: the connection ends after the response.
+		c.read("PUT")
 		c.expectClosed()
 	})
 
@@ -1753,6 +1806,11 @@ func TestShortTimeoutsMoveOn(t *testing.T) {
 				writeInPieces(w, pattern(16<<20), 64<<10)
 				return
 			}
+			if r.URL.Path == "/count" {
+				n, _ := io.Copy(io.Discard, r.Body)
+				fmt.Fprint(w, n)
+				return
+			}
 			io.WriteString(w, "ok")
 		}),
 	})
@@ -1768,9 +1826,31 @@ func TestShortTimeoutsMoveOn(t *testing.T) {
 		}
 	})
 
+	t.Run("body", func(t *testing.T) {
+		// An upload that takes longer than the timeout in all, but never
+		// pauses for long, is read to its end.
+		c := dialRaw(t, ts.addr)
+		const pieces, size = 40, 1024
+		c.write(fmt.Sprintf("PUT /count HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", pieces*size))
+		for range pieces {
+			c.write(strings.Repeat("x", size))
+			time.Sleep(timeout / 20)
+		}
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if want := strconv.Itoa(pieces * size); string(body) != want {
+			t.Fatalf("handler read %q bytes, want %s", body, want)
+		}
+	})
+
 	t.Run("write", func(t *testing.T) {
 		c := dialRaw(t, ts.addr)
-		c.nc.(*net.TCPConn).SetReadBuffer(64 << 10) // little slack in the kernel
+		if err := c.nc.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil { // little slack in the kernel
+			t.Fatal(err)
+		}
 		c.write(get("/big"))
 		resp, err := http.ReadResponse(c.br, nil)
 		if err != nil {
@@ -1908,8 +1988,16 @@ func TestDifferentialNetHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go theirs.Serve(ln)
-	t.Cleanup(func() { theirs.Close() })
+	served := make(chan error, 1)
+	go func() { served <- theirs.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := theirs.Close(); err != nil {
+			t.Errorf("close net/http server: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("net/http Serve returned %v", err)
+		}
+	})
 
 	tests := []struct {
 		name   string
@@ -2031,8 +2119,16 @@ func BenchmarkServeNarinfoLike(b *testing.B) {
 			b.Fatal(err)
 		}
 		hs := &http.Server{Handler: h}
-		go hs.Serve(ln)
-		defer hs.Close()
+		served := make(chan error, 1)
+		go func() { served <- hs.Serve(ln) }()
+		b.Cleanup(func() {
+			if err := hs.Close(); err != nil {
+				b.Error(err)
+			}
+			if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+				b.Errorf("net/http Serve returned %v", err)
+			}
+		})
 		run(b, ln.Addr().String())
 	})
 }

@@ -98,13 +98,18 @@ func Ensure(opts Options) (*Result, error) {
 // does not exist yet: the bytes go to a temporary file that is then hard
 // linked into place, which fails rather than replaces. It reports false when
 // someone else created path first.
-func writeNew(path string, data []byte) (bool, error) {
+func writeNew(path string, data []byte) (created bool, err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, ".cache-key-*")
 	if err != nil {
 		return false, fmt.Errorf("create key file in %s: %w (make the directory writable, or choose another --key-file)", dir, err)
 	}
-	defer os.Remove(tmp.Name())
+	defer func() {
+		// After the link, the temporary name is a second copy of the secret key.
+		if rerr := os.Remove(tmp.Name()); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove temporary key file: %w (delete %s by hand)", rerr, tmp.Name()))
+		}
+	}()
 	if err := tmp.Chmod(0o600); err != nil {
 		tmp.Close()
 		return false, fmt.Errorf("chmod key file: %w", err)
@@ -126,9 +131,14 @@ func writeNew(path string, data []byte) (bool, error) {
 		}
 		return false, fmt.Errorf("install key file %s: %w", path, err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+	// The new name must reach the disk too, or a crash can lose the key
+	// after its public half was handed out.
+	d, err := os.Open(dir)
+	if err != nil {
+		return false, fmt.Errorf("open %s to sync the new key file: %w", dir, err)
+	}
+	if err := errors.Join(d.Sync(), d.Close()); err != nil {
+		return false, fmt.Errorf("sync directory %s after writing the key file %s: %w (the file is in place; check the disk, then run again)", dir, path, err)
 	}
 	return true, nil
 }

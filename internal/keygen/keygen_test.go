@@ -2,7 +2,7 @@ package keygen
 
 import (
 	"bytes"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -86,12 +88,17 @@ func TestIdempotent(t *testing.T) {
 
 func TestExistingKeyModeLeftAlone(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "cache-key")
-	k, _ := signing.Generate("x", nil)
-	os.WriteFile(file, []byte(k.String()), 0o640)
+	k, err := signing.Generate("x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(k.String()), 0o400); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Ensure(Options{KeyFile: file, Name: "x", Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := os.Stat(file); st.Mode().Perm() != 0o640 {
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o400 {
 		t.Errorf("existing key's mode changed to %o", st.Mode().Perm())
 	}
 }
@@ -123,16 +130,82 @@ func TestConcurrentFirstRuns(t *testing.T) {
 	}
 }
 
+// TestKeyReadableByOthers: a key that group or others can read (or write)
+// is refused with a message saying how to fix it, through a symlink too,
+// and is left as it was.
+func TestKeyReadableByOthers(t *testing.T) {
+	k, _ := signing.Generate("x", nil)
+	for _, tt := range []struct {
+		mode    os.FileMode
+		symlink bool
+		wantErr bool
+	}{
+		{0o600, false, false},
+		{0o400, false, false},
+		{0o600, true, false},
+		{0o640, false, true},
+		{0o604, false, true},
+		{0o620, false, true},
+		{0o644, false, true},
+		{0o777, false, true},
+		{0o644, true, true},
+	} {
+		t.Run(fmt.Sprintf("%04o symlink=%v", tt.mode, tt.symlink), func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, "cache-key")
+			if err := os.WriteFile(file, []byte(k.String()+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(file, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			use := file
+			if tt.symlink {
+				use = filepath.Join(dir, "link")
+				if err := os.Symlink(file, use); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := Ensure(Options{KeyFile: use, Name: "x", Logger: quiet()})
+			if !tt.wantErr {
+				if err != nil || res.Key.String() != k.String() {
+					t.Fatalf("Ensure = %v, want the existing key", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Ensure accepted the key")
+			}
+			for _, want := range []string{use, fmt.Sprintf("mode %04o", tt.mode), "chmod 600 " + use} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if st, _ := os.Stat(file); st.Mode().Perm() != tt.mode {
+				t.Errorf("mode changed to %04o", st.Mode().Perm())
+			}
+		})
+	}
+}
+
 func TestErrors(t *testing.T) {
 	dir := t.TempDir()
 	corrupt := filepath.Join(dir, "corrupt")
-	os.WriteFile(corrupt, []byte("build-server:not-base64!!\n"), 0o600)
+	if err := os.WriteFile(corrupt, []byte("build-server:not-base64!!\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	truncated := filepath.Join(dir, "truncated")
-	os.WriteFile(truncated, []byte("build-server:AAAA\n"), 0o600)
+	if err := os.WriteFile(truncated, []byte("build-server:AAAA\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	asDir := filepath.Join(dir, "is-a-dir")
-	os.Mkdir(asDir, 0o700)
+	if err := os.Mkdir(asDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	notADir := filepath.Join(dir, "file")
-	os.WriteFile(notADir, nil, 0o600)
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name, file string
@@ -167,7 +240,9 @@ func TestUnwritableDirectoryAsUser(t *testing.T) {
 		t.Skip("root can write any directory; the not-a-directory case in TestErrors covers root")
 	}
 	dir := filepath.Join(t.TempDir(), "ro")
-	os.Mkdir(dir, 0o500)
+	if err := os.Mkdir(dir, 0o500); err != nil {
+		t.Fatal(err)
+	}
 	_, err := Ensure(Options{KeyFile: filepath.Join(dir, "key"), Name: "x", Logger: quiet()})
 	if err == nil || !strings.Contains(err.Error(), "writable") {
 		t.Errorf("err = %v, want it to say the directory must be writable", err)
@@ -218,8 +293,8 @@ func groupName(t *testing.T, gid string) string {
 // checks that Nix trusts the signature under our public key, and not under
 // another.
 func TestNixAcceptsKey(t *testing.T) {
+	testsupport.RequireNix(t) // the tests' offline settings and the preflight build
 	nix := testenv.LookPath(t, "`make test` installs nix-bin", "nix")
-	t.Setenv("NIX_CONFIG", "experimental-features = nix-command flakes\nsubstituters =")
 	dir := t.TempDir()
 	res, err := Ensure(Options{KeyFile: filepath.Join(dir, "cache-key"), Name: "cf-keygen-test", Logger: quiet()})
 	if err != nil {
@@ -237,7 +312,9 @@ func TestNixAcceptsKey(t *testing.T) {
 	}
 
 	expr := filepath.Join(dir, "p.nix")
-	os.WriteFile(expr, []byte(`derivation { name = "cf-keygen-test"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo `+strconv.Itoa(os.Getpid())+dir+` > $out"]; }`), 0o644)
+	if err := os.WriteFile(expr, []byte(`derivation { name = "cf-keygen-test"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo `+strconv.Itoa(os.Getpid())+dir+` > $out"]; }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err = exec.Command("nix-build", expr, "--no-out-link").Output()
 	if err != nil {
 		t.Fatalf("nix-build: %v", err)

@@ -3,13 +3,14 @@ package nar
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // makeTree builds a tree with every node type NAR knows, including a file

@@ -2,7 +2,6 @@
 package narinfo
 
 import (
-	"bufio"
 	"fmt"
 	"path"
 	"sort"
@@ -110,9 +109,10 @@ func (n *NarInfo) Verify(key *signing.PublicKey) bool {
 func Parse(text string) (*NarInfo, error) {
 	n := &NarInfo{}
 	var refs []string
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := sc.Text()
+	// Not a bufio.Scanner: its 64 KiB line limit would silently end the
+	// parse at the References line of a path with a thousand references.
+	for line := range strings.SplitSeq(text, "\n") {
+		line = strings.TrimRight(line, "\r")
 		if line == "" {
 			continue
 		}
@@ -158,13 +158,25 @@ func Parse(text string) (*NarInfo, error) {
 	}
 	dir := path.Dir(n.StorePath)
 	for _, r := range refs {
+		if !baseName(r) {
+			return nil, fmt.Errorf("narinfo: reference %q is not the base name of a store path", r)
+		}
 		n.References = append(n.References, dir+"/"+r)
 	}
 	if n.Deriver != "" && n.Deriver != "unknown-deriver" {
+		if !baseName(n.Deriver) {
+			return nil, fmt.Errorf("narinfo: deriver %q is not the base name of a store path", n.Deriver)
+		}
 		n.Deriver = dir + "/" + n.Deriver
 	}
 	if n.Compression == "" {
 		n.Compression = "bzip2"
 	}
 	return n, nil
+}
+
+// baseName reports whether s can be a file name in the store directory:
+// String writes path.Base of each reference, which must give s back.
+func baseName(s string) bool {
+	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\x00")
 }

@@ -34,30 +34,114 @@ func Detect(ctx context.Context, env []string) (*Nix, error) {
 
 // Run runs `nix <args>` in dir, streaming output to log.
 func (n *Nix) Run(ctx context.Context, dir string, log io.Writer, args ...string) error {
-	cmd := command.New(ctx, command.Cmd{Dir: dir, Env: n.Env, Stdout: log, Stderr: log}, "nix", append(features, args...)...)
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nix %s: %w", firstArgs(args), err)
-	}
-	return nil
+	return n.run(ctx, dir, log, log, "nix", append(features, args...), "nix "+firstArgs(args))
 }
 
 // Output runs `nix <args>` and returns stdout; stderr goes to log.
 func (n *Nix) Output(ctx context.Context, dir string, log io.Writer, args ...string) ([]byte, error) {
 	var out strings.Builder
-	cmd := command.New(ctx, command.Cmd{Dir: dir, Env: n.Env, Stdout: &out, Stderr: log}, "nix", append(features, args...)...)
-	if err := cmd.Run(); err != nil {
-		return []byte(out.String()), fmt.Errorf("nix %s: %w", firstArgs(args), err)
-	}
-	return []byte(out.String()), nil
+	err := n.run(ctx, dir, &out, log, "nix", append(features, args...), "nix "+firstArgs(args))
+	return []byte(out.String()), err
 }
 
 // Legacy runs an old-style command (nix-build) in dir, streaming to log.
 func (n *Nix) Legacy(ctx context.Context, dir string, log io.Writer, name string, args ...string) error {
-	cmd := command.New(ctx, command.Cmd{Dir: dir, Env: n.Env, Stdout: log, Stderr: log}, name, args...)
+	return n.run(ctx, dir, log, log, name, args, name)
+}
+
+// run runs a command, keeping the end of its stderr so that a failure
+// reports Nix's own error message rather than only an exit status.
+func (n *Nix) run(ctx context.Context, dir string, stdout, stderr io.Writer, name string, args []string, what string) error {
+	var tail tailBuffer
+	cmd := command.New(ctx, command.Cmd{Dir: dir, Env: n.Env, Stdout: stdout, Stderr: io.MultiWriter(stderr, &tail)}, name, args...)
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return &Error{Command: what, Message: ErrorMessage(tail.String()), Err: err}
 	}
 	return nil
+}
+
+// Error is a failed nix command: Message is what Nix said (its "error:"
+// lines), Err the exit status.
+type Error struct {
+	Command string
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("%s: %v", e.Command, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Command, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// tailBuffer keeps the last tailSize bytes written to it.
+type tailBuffer struct{ b []byte }
+
+const tailSize = 64 << 10
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > tailSize {
+		t.b = append(t.b[:0], t.b[len(t.b)-tailSize:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.b) }
+
+// ansiRE matches terminal colour codes, which Nix adds to some messages.
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+
+// maxMessageLines bounds an error message: an evaluation error's trace can
+// run to hundreds of lines, and its first lines say what went wrong.
+const maxMessageLines = 40
+
+// ErrorMessage extracts Nix's error messages from its stderr: each line
+// starting "error:" with its indented (or blank) continuation lines, in
+// order, leaving out builders' output and progress lines between them.
+func ErrorMessage(stderr string) string {
+	var out []string
+	in := false
+	for _, line := range strings.Split(ansiRE.ReplaceAllString(stderr, ""), "\n") {
+		line = strings.TrimRight(line, "\r ")
+		switch {
+		case strings.HasPrefix(line, "error:"):
+			in = true
+		case in && (line == "" || strings.HasPrefix(line, " ")):
+		default:
+			in = false
+		}
+		if in && len(out) < maxMessageLines {
+			out = append(out, line)
+		}
+	}
+	return strings.TrimSpace(strings.Join(out, "\n"))
+}
+
+// builderRE and dependencyRE match the derivations Nix names when a build
+// fails: the one whose builder failed, and the one that needed it.
+var (
+	builderRE    = regexp.MustCompile(`error: builder for '(/nix/store/[^']+\.drv)' failed`)
+	dependencyRE = regexp.MustCompile(`dependencies of derivation '(/nix/store/[^']+\.drv)' failed to build`)
+)
+
+// FailedDerivations returns, from a Nix error message, the derivation that
+// was asked for (named when a dependency of it failed) and the derivations
+// whose builders failed. Either may be empty: an evaluation error names no
+// derivation.
+func FailedDerivations(message string) (top string, builders []string) {
+	for _, m := range builderRE.FindAllStringSubmatch(message, -1) {
+		builders = append(builders, m[1])
+	}
+	if m := dependencyRE.FindAllStringSubmatch(message, -1); len(m) > 0 {
+		top = m[len(m)-1][1]
+	} else if len(builders) == 1 {
+		top = builders[0]
+	}
+	return top, builders
 }
 
 func firstArgs(args []string) string {

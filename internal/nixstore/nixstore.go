@@ -84,21 +84,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open nix database %s: %w", cfg.DBPath, err)
 	}
 	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("open nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	s := &Store{cfg: cfg, db: db}
 	// The unique index on path makes this range scan O(log n): a store path
 	// is <dir>/<hash>-<name>, and '.' is the byte after '-'.
 	if s.byHash, err = db.PrepareContext(ctx,
 		`SELECT id, path, hash, deriver, narSize, sigs, ca FROM ValidPaths WHERE path >= ? AND path < ? LIMIT 1`); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	if s.refs, err = db.PrepareContext(ctx,
 		`SELECT p.path FROM Refs r JOIN ValidPaths p ON p.id = r.reference WHERE r.referrer = ? ORDER BY p.path`); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("nix database %s: %w", cfg.DBPath, err)
+		return nil, errors.Join(fmt.Errorf("nix database %s: %w", cfg.DBPath, err), db.Close())
 	}
 	return s, nil
 }

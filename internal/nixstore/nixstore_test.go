@@ -33,7 +33,11 @@ func makeDB(t testing.TB, n int) (dbPath string, paths []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer func() {
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}()
 	if _, err := db.Exec(schema + "PRAGMA journal_mode=WAL;"); err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +73,11 @@ func openTest(t testing.TB, dbPath string) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return s
 }
 
@@ -174,14 +182,22 @@ func TestLogPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
 	drv := "y6g3xzs7g0pbnxn5z180zq8c8dzfk5z4-hello-cf.drv"
 	if _, _, err := s.LogPath(drv); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing log: err = %v", err)
 	}
 	dir := filepath.Join(logDir, "drvs", "y6")
-	os.MkdirAll(dir, 0o755)
-	os.WriteFile(filepath.Join(dir, drv[2:]+".bz2"), []byte("x"), 0o644)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, drv[2:]+".bz2"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	file, bz, err := s.LogPath(drv)
 	if err != nil || !bz || file != filepath.Join(dir, drv[2:]+".bz2") {
 		t.Errorf("LogPath = %q, %v, %v", file, bz, err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 )
 
 // SecretKey is a named ed25519 private key.
@@ -92,8 +93,10 @@ func validName(name string) error {
 	if name == "" {
 		return errors.New("key name is empty")
 	}
-	if strings.ContainsAny(name, ": \t\r\n") {
-		return fmt.Errorf("key name %q must not contain ':' or whitespace", name)
+	// The name goes into narinfo Sig lines and HTTP headers, where a
+	// control character or a space would break or forge the line.
+	if strings.ContainsFunc(name, func(r rune) bool { return r == ':' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		return fmt.Errorf("key name %q must not contain ':', whitespace or control characters", name)
 	}
 	return nil
 }

@@ -39,10 +39,12 @@ func Forward(ctx context.Context, ln net.Listener, dial func(context.Context) (n
 			defer up.Close()
 			done := make(chan struct{}, 2)
 			relay := func(dst, src net.Conn) {
-				io.Copy(dst, src)
+				// A copy ends when either side closes or fails; both are
+				// the end of this connection, nothing to report.
+				_, _ = io.Copy(dst, src)
 				// Half-close so the other side sees the end of the request.
 				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-					cw.CloseWrite()
+					_ = cw.CloseWrite()
 				}
 				done <- struct{}{}
 			}
@@ -60,10 +62,17 @@ func Forward(ctx context.Context, ln net.Listener, dial func(context.Context) (n
 // ForwardLocal listens on 127.0.0.1 (a free port) and forwards to target
 // over the node; it returns the local address and stops with ctx.
 func (n *Node) ForwardLocal(ctx context.Context, target string, log *slog.Logger) (string, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}
-	go Forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return n.Dial(ctx, target) }, log)
+	go func() {
+		if err := Forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return n.Dial(ctx, target) }, log); err != nil {
+			log.Error("tailnet forward stopped", "target", target, "err", err)
+		}
+	}()
 	return ln.Addr().String(), nil
 }

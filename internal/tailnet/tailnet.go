@@ -66,13 +66,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	st, err := s.Up(ctx)
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("join the tailnet as %s: %w", cfg.Hostname, err)
+		return nil, errors.Join(fmt.Errorf("join the tailnet as %s: %w", cfg.Hostname, err), s.Close())
 	}
 	lc, err := s.LocalClient()
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("tailnet local client: %w", err)
+		return nil, errors.Join(fmt.Errorf("tailnet local client: %w", err), s.Close())
 	}
 	n := &Node{srv: s, lc: lc, IPs: st.TailscaleIPs}
 	if st.Self != nil {

@@ -45,6 +45,7 @@ type BuildServerConfig struct {
 	Repositories     []config.Repository
 	MaxParallel      int
 	Timeout          time.Duration
+	GitTimeout       time.Duration
 	PollInterval     time.Duration
 	HomeManagerFlake string // default: a value that cannot be fetched
 	NixPath          string // NIX_PATH of builds
@@ -54,18 +55,24 @@ type BuildServerConfig struct {
 	Info             api.Info
 	// DataDir is the server's data directory; default a new temporary one.
 	DataDir string
-	// DB is the database to use; default a new SQLite database in DataDir
-	// (closed when the test ends; a given one is left to its owner).
+	// DB is the database to use; default the one Database names, opened
+	// (and closed when the test ends; a given one is left to its owner).
 	DB *db.DB
+	// Database is the DSN StartBuildServer opens when DB is nil (for
+	// PostgreSQL, pgtest.NewDatabase); default SQLite in DataDir.
+	Database string
 	// Fleet, when set, serves the fleet API (heartbeats, hosts, audit).
 	Fleet *fleet.Service
 	// Auth is the API's access control; the zero value trusts loopback,
 	// which every test client is.
 	Auth api.AuthConfig
+	// Logger receives the orchestrator's and the API's log; default the
+	// test's log, warnings and up.
+	Logger *slog.Logger
 }
 
 // BuildServer is a build orchestrator with its API on an httptest server, over
-// a SQLite database in the data directory and the real nix and git.
+// a database (SQLite in the data directory by default) and the real nix and git.
 type BuildServer struct {
 	URL     string
 	DataDir string
@@ -81,10 +88,11 @@ func MainBranchRepo(name, url string) config.Repository {
 
 // StartBuildServer starts the orchestrator (recovering builds a previous server
 // left active) and the API. Builds run until the test ends; then they are
-// interrupted and recorded before the database closes.
+// interrupted and recorded before the database closes. A server without
+// repositories never runs Nix, so it needs none: the fleet's tests use one
+// to serve the fleet API on a machine without Nix.
 func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 	t.Helper()
-	env := OfflineNixEnv(t, cfg.NixPath)
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -95,24 +103,37 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		cfg.Info = api.Info{Hostname: "test-host", APIPort: 8000, CachePort: 5000, PublicKey: "test-host:AAAA"}
 	}
 	ctx := t.Context()
-	nix, err := nixcli.Detect(ctx, env)
-	if err != nil {
-		t.Fatal(err)
+	var (
+		nix *nixcli.Nix
+		err error
+	)
+	if len(cfg.Repositories) > 0 {
+		if nix, err = nixcli.Detect(ctx, OfflineNixEnv(t, cfg.NixPath)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	database := cfg.DB
 	if database == nil {
-		database, err = db.Open(ctx, filepath.Join(cfg.DataDir, "crystal-forge.db"))
+		dsn := cfg.Database
+		if dsn == "" {
+			dsn = filepath.Join(cfg.DataDir, "crystal-forge.db")
+		}
+		database, err = db.Open(ctx, dsn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { database.Close() })
+		CloseAtCleanup(t, database)
 	}
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	orch, err := build.New(build.Config{
 		DataDir:          cfg.DataDir,
 		Repositories:     cfg.Repositories,
 		MaxParallel:      cfg.MaxParallel,
 		Timeout:          cfg.Timeout,
+		GitTimeout:       cfg.GitTimeout,
 		PollInterval:     cfg.PollInterval,
 		System:           config.DefaultSystem(),
 		HomeManagerFlake: cfg.HomeManagerFlake,

@@ -3,7 +3,6 @@ package testsupport
 import (
 	"context"
 	"fmt"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // chromiumPaths are where Debian's chromium package (and the usual

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
 )
 
 // Fixture flakes and default.nix files for build tests. Their derivations
@@ -51,6 +53,8 @@ type Flake struct {
 	// HomeManagerModule adds homeManagerModules.default, a module that
 	// returns { fixture.marker = "<nonce>"; }.
 	HomeManagerModule bool
+	// Checks are checks.<system>.<name>, built by `nix flake check`.
+	Checks []FlakePackage
 }
 
 // Nix returns the text of the flake.nix.
@@ -75,6 +79,13 @@ func (f Flake) Nix() string {
 		fmt.Fprintf(&b, "        %s = mk %s %s;\n", p.Name, NixString(p.Name), NixString(p.Script))
 	}
 	b.WriteString("      };\n")
+	if len(f.Checks) > 0 {
+		b.WriteString("      checks.${system} = {\n")
+		for _, p := range f.Checks {
+			fmt.Fprintf(&b, "        %s = mk %s %s;\n", p.Name, NixString(p.Name), NixString(p.Script))
+		}
+		b.WriteString("      };\n")
+	}
 	if f.HomeManagerModule {
 		fmt.Fprintf(&b, "      homeManagerModules.default = { ... }: { fixture.marker = %s; };\n", NixString(f.Nonce))
 	}
@@ -126,7 +137,11 @@ func NewBlocker(t testing.TB, name string) *Blocker {
 	b := &Blocker{Name: name, Dir: dir}
 	// Removing the directory also ends a builder still waiting when the
 	// test ends (a failed test).
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove the blocker's directory: %v", err)
+		}
+	})
 	return b
 }
 
@@ -144,7 +159,12 @@ func (b *Blocker) Package() FlakePackage {
 // Script is the blocking builder script.
 func (b *Blocker) Script() string {
 	dir := shellQuote(b.Dir)
-	return fmt.Sprintf(`echo $$ > %s
+	// The pid file is replaced by a rename: a later build of the same
+	// blocker may run as another build user, who cannot overwrite the
+	// file the first one wrote (but may rename over it in the
+	// world-writable directory), and readers never see half a pid.
+	return fmt.Sprintf(`echo $$ > %s.$$
+mv -f %s.$$ %s
 echo "blocker $name waiting for release"
 while [ ! -e %s ]; do
   [ -d %s ] || exit 1
@@ -152,7 +172,7 @@ while [ ! -e %s ]; do
 done
 echo "blocker $name released"
 echo "$name $nonce" > $out
-`, shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
+`, shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.PIDFile()), shellQuote(b.ReleaseFile()), dir)
 }
 
 // Started reports whether the builder has started.
@@ -173,11 +193,12 @@ func (b *Blocker) readPID() (int, error) {
 	return strconv.Atoi(s)
 }
 
-// WaitStarted waits until the builder runs and returns its pid.
-func (b *Blocker) WaitStarted(t testing.TB) int {
+// WaitStarted waits until the builder runs, in build id of s, and returns
+// its pid. If the build ends first, it fails at once with the build's log.
+func (b *Blocker) WaitStarted(t testing.TB, s Builds, id int64) int {
 	t.Helper()
 	var pid int
-	WaitUntil(t, "the builder of "+b.Name+" to start", func() bool {
+	WaitBuild(t, s, id, "the builder of "+b.Name+" to start", func(api.Build) bool {
 		p, err := b.readPID()
 		pid = p
 		return err == nil

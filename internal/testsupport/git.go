@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // gitEnv makes the git commands of a test independent of the machine's
@@ -111,4 +114,38 @@ func Head(t testing.TB, dir string) string {
 func ShortHead(t testing.TB, dir string) string {
 	t.Helper()
 	return Git(t, dir, "rev-parse", "--short", "HEAD")
+}
+
+// SilentRemote listens on a TCP port of 127.0.0.1 that accepts
+// connections and then never says anything, like a git server that hangs.
+// It returns the listener's address (host:port); connections are held
+// until the test ends.
+func SilentRemote(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return l.Addr().String()
 }

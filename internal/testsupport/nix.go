@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -45,12 +46,16 @@ func RequireNix(t testing.TB) {
 // once per test binary. When Nix cannot build (no build users, no store,
 // no database), every test that needs it fails at once with Nix's own
 // words instead of each waiting for a build that will never happen.
-var nixPreflight = sync.OnceValue(func() error {
+var nixPreflight = sync.OnceValue(func() (err error) {
 	dir, err := os.MkdirTemp("", "cf-nix-preflight-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() {
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the preflight's directory: %w", rerr))
+		}
+	}()
 	file := filepath.Join(dir, "preflight.nix")
 	expr := `derivation { name = "cf-preflight"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }`
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
@@ -281,12 +286,19 @@ func NewLocalStore(t testing.TB) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "store")
 	t.Cleanup(func() {
-		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				os.Chmod(p, 0o755)
+		err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return os.Chmod(p, 0o755)
 			}
 			return nil
 		})
+		// A test that never used the store leaves no root.
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("make %s writable for removal: %v", root, err)
+		}
 	})
 	return root
 }

@@ -8,6 +8,7 @@ package testsupport
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crystal-forge/crystal-forge/internal/api"
 )
 
 // serverPackage is the import path of the binary StartServer runs.
@@ -101,10 +104,14 @@ func CrystalForgeBinary(t testing.TB) string {
 
 // RemoveCrystalForgeBinary deletes the binary CrystalForgeBinary built, if
 // any. Call it from TestMain after m.Run.
-func RemoveCrystalForgeBinary() {
-	if serverBinary.dir != "" {
-		os.RemoveAll(serverBinary.dir)
+func RemoveCrystalForgeBinary() error {
+	if serverBinary.dir == "" {
+		return nil
 	}
+	if err := os.RemoveAll(serverBinary.dir); err != nil {
+		return fmt.Errorf("remove the test's crystal-forge binary: %w", err)
+	}
+	return nil
 }
 
 // FreeTCPPort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -139,6 +146,8 @@ type ServerOptions struct {
 	// the server is up (one listening on the tailnet only has no loopback
 	// port).
 	Ready func(*Server) bool
+	// Args are added to `crystal-forge server --config FILE`.
+	Args []string
 }
 
 // ServerConfig is a written configuration file and what it says.
@@ -296,7 +305,7 @@ func startServer(t testing.TB, c *ServerConfig) (*Server, error) {
 	}
 	defer stderr.Close()
 
-	cmd := exec.Command(bin, "server", "--config", c.File)
+	cmd := exec.Command(bin, append([]string{"server", "--config", c.File}, c.opts.Args...)...)
 	cmd.Env = append(serverEnv(os.Environ()),
 		"NIX_CONFIG="+nixConfig,
 		"NIX_PATH=",
@@ -426,7 +435,7 @@ func (s *Server) Stop(t testing.TB, grace time.Duration) int {
 	if !s.Running() {
 		return s.state.ExitCode()
 	}
-	syscall.Kill(-s.Cmd.Process.Pid, syscall.SIGTERM)
+	signal(t, -s.Cmd.Process.Pid, syscall.SIGTERM)
 	if code, err := s.Wait(grace); err == nil {
 		return code
 	}
@@ -445,13 +454,13 @@ func (s *Server) Kill(t testing.TB) {
 		return
 	}
 	pid := s.Cmd.Process.Pid
-	syscall.Kill(-pid, syscall.SIGSTOP)
+	signal(t, -pid, syscall.SIGSTOP)
 	stopped := map[int]bool{}
 	for range 100 {
 		more := false
 		for _, p := range procDescendants(pid) {
 			if !stopped[p] {
-				syscall.Kill(p, syscall.SIGSTOP)
+				signal(t, p, syscall.SIGSTOP)
 				stopped[p] = true
 				more = true
 			}
@@ -460,9 +469,9 @@ func (s *Server) Kill(t testing.TB) {
 			break
 		}
 	}
-	syscall.Kill(-pid, syscall.SIGKILL)
+	signal(t, -pid, syscall.SIGKILL)
 	for p := range stopped {
-		syscall.Kill(p, syscall.SIGKILL)
+		signal(t, p, syscall.SIGKILL)
 	}
 	if _, err := s.Wait(30 * time.Second); err != nil {
 		t.Errorf("kill: %v", err)
@@ -475,6 +484,35 @@ func (s *Server) Kill(t testing.TB) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+// Crash kills only the server process with SIGKILL, as `kill -9 <pid>` or
+// the OOM killer would, and waits for it to exit: what it started is left
+// to whatever the server arranged for that.
+func (s *Server) Crash(t testing.TB) {
+	t.Helper()
+	if !s.Running() {
+		return
+	}
+	if err := syscall.Kill(s.Cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Errorf("crash: kill -9 %d: %v", s.Cmd.Process.Pid, err)
+	}
+	if _, err := s.Wait(30 * time.Second); err != nil {
+		t.Errorf("crash: %v", err)
+	}
+}
+
+// ProcessParent returns the parent pid of a live process, from /proc.
+func ProcessParent(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	ppid, ok := procParent(string(b))
+	if !ok {
+		return 0, fmt.Errorf("cannot parse /proc/%d/stat: %q", pid, b)
+	}
+	return ppid, nil
 }
 
 // procDescendants returns the processes below pid, from /proc.
@@ -549,6 +587,27 @@ func (s *Server) GetJSON(t testing.TB, path string, v any) {
 	}
 }
 
+// Build returns GET /api/v1/builds/{id}: the build and its results.
+func (s *Server) Build(t testing.TB, id int64) api.Build {
+	t.Helper()
+	var b api.Build
+	s.GetJSON(t, fmt.Sprintf("/api/v1/builds/%d", id), &b)
+	if b.Build == nil {
+		t.Fatalf("GET /api/v1/builds/%d: no build", id)
+	}
+	return b
+}
+
+// Log returns the whole log of a build, from GET /api/v1/builds/{id}/log.
+func (s *Server) Log(t testing.TB, id int64) string {
+	t.Helper()
+	code, body := s.Get(t, fmt.Sprintf("/api/v1/builds/%d/log", id))
+	if code != http.StatusOK {
+		t.Fatalf("GET /api/v1/builds/%d/log = %d %s", id, code, body)
+	}
+	return string(body)
+}
+
 var serverTestClient = &http.Client{Timeout: 30 * time.Second}
 
 func (s *Server) do(t testing.TB, method, path string) (int, []byte) {
@@ -567,4 +626,14 @@ func (s *Server) do(t testing.TB, method, path string) (int, []byte) {
 		t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
 	return resp.StatusCode, bytes.TrimSpace(body)
+}
+
+// signal sends sig to pid (negative: to that process group). A process that
+// has already exited (ESRCH) is what the caller wants anyway; anything else,
+// such as EPERM, means the process lives on, and the test must say so.
+func signal(t testing.TB, pid int, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("send %v to %d: %v", sig, pid, err)
+	}
 }

@@ -62,7 +62,11 @@ func (tn *Tailnet) Node(t testing.TB, hostname string) *tsnet.Server {
 		Ephemeral:  true,
 		Logf:       logger.Discard,
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close tailnet node %s: %v", hostname, err)
+		}
+	})
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	if _, err := s.Up(ctx); err != nil {

@@ -20,6 +20,14 @@ const duration = (b) => {
   return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m ${s % 60}s`;
 };
 const state = (repo) => (repo.latest_build ? repo.latest_build.status : "idle");
+// counts shows a build's attributes by outcome, e.g. "3 built · 1 failed · 0 skipped".
+const counts = (b) => {
+  const c = b.counts || { built: 0, failed: 0, skipped: 0 };
+  return el("span", { class: "counts" },
+    el("span", { class: "built" }, `${c.built} built`), " · ",
+    el("span", { class: c.failed ? "failed" : "" }, `${c.failed} failed`), " · ",
+    el("span", { class: "skipped" }, `${c.skipped} skipped`));
+};
 
 // The visitor's API token, if they gave one: kept in this browser only,
 // sent as Bearer (docs/security.md).
@@ -138,7 +146,9 @@ function card(repo) {
       el("dt", {}, "Commit"), el("dd", { class: "commit" }, (b && b.short_commit) || "—"),
       el("dt", {}, "Started"), el("dd", { class: "started" }, fmtTime(b && b.started_at)),
       el("dt", {}, "Finished"), el("dd", { class: "finished" }, fmtTime(b && b.finished_at)),
-      el("dt", {}, "Duration"), el("dd", { class: "duration" }, duration(b))),
+      el("dt", {}, "Duration"), el("dd", { class: "duration" }, duration(b)),
+      el("dt", {}, "Attributes"), el("dd", { class: "attributes" }, b ? counts(b) : "—")),
+    b && b.error ? el("div", { class: "error build-error" }, b.error) : "",
     can.trigger ? el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build") : "",
     " ",
     b ? el("button", { class: "secondary show-log", type: "button", onclick: () => selectBuild(repo.name, b.id) }, "Show log") : "",
@@ -154,7 +164,7 @@ async function loadHistory(name, ul) {
     ul.replaceChildren(...builds.map((b) => {
       const li = el("li", { "data-build": b.id, onclick: () => selectBuild(name, b.id) },
         el("span", { class: `s ${b.status}` }, b.status), el("span", {}, `#${b.id}`),
-        el("span", {}, b.short_commit || ""), el("span", {}, fmtTime(b.created_at)));
+        el("span", {}, b.short_commit || ""), counts(b), el("span", {}, fmtTime(b.created_at)));
       if (selected && selected.id === b.id) li.classList.add("selected");
       return li;
     }));
@@ -192,13 +202,28 @@ async function showBuild(id) {
     `commit ${b.short_commit || "—"} · ${b.reason} · started ${fmtTime(b.started_at)} · ${duration(b)}`,
     b.error ? el("span", { class: "error" }, ` · ${b.error}`) : "");
   $("#cancel-build").hidden = !can.trigger || !(b.status === "running" || b.status === "queued");
-  $("#results").replaceChildren(...b.results.map((r) => el("tr", { "data-attr": r.attr },
-    el("td", {}, r.attr), el("td", {}, r.kind), el("td", { class: r.status }, r.status),
-    el("td", {}, ...r.out_paths.map((p) => el("div", {}, el("code", {}, p)))))));
+  $("#build-counts").replaceChildren(counts(b));
+  // Each attribute links to its own part of the log; a failed one shows
+  // Nix's error, its derivation and the last lines of its log in place.
+  $("#results").replaceChildren(...b.results.flatMap((r) => {
+    const row = el("tr", { "data-attr": r.attr, class: `result ${r.status}` },
+      el("td", {}, r.attr), el("td", {}, r.kind), el("td", { class: r.status }, r.status),
+      el("td", {}, ...(r.drv_path ? [el("div", { class: "drv" }, el("code", {}, r.drv_path))] : []),
+        ...r.out_paths.map((p) => el("div", {}, el("code", {}, p)))),
+      el("td", {}, el("a", { class: "attr-log", href: `/api/v1/builds/${b.id}/results/${r.id}/log`, target: "_blank" }, "log")));
+    if (r.status !== "failed" && !(r.status === "skipped" && r.error)) return [row];
+    return [row, el("tr", { class: "failure", "data-failure": r.attr },
+      el("td", { colspan: "5" },
+        el("pre", { class: "error" }, r.error || ""),
+        r.log_tail ? el("pre", { class: "log-tail" }, r.log_tail) : ""))];
+  }));
 }
 
-function selectBuild(repo, id) {
+// selectBuild shows a build; the address becomes /builds/<id>, the
+// build's own URL, unless the change came from that URL (push false).
+function selectBuild(repo, id, push = true) {
   selected = { repo, id };
+  if (push && location.pathname !== `/builds/${id}`) history.pushState({ id }, "", `/builds/${id}`);
   $("#build-detail").hidden = false;
   document.querySelectorAll(".history li").forEach((li) => li.classList.toggle("selected", Number(li.dataset.build) === id));
   showBuild(id).catch(console.warn);
@@ -226,6 +251,16 @@ $("#cancel-build").addEventListener("click", async () => {
   if (!selected) return;
   await api(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
 });
+
+// Snippet buttons copy the text of the element their data-copy names.
+for (const button of document.querySelectorAll("button[data-copy]")) {
+  button.addEventListener("click", async () => {
+    const text = document.querySelector(button.dataset.copy).textContent;
+    try { await navigator.clipboard.writeText(text); } catch { /* the text stays selectable */ }
+    button.textContent = "Copied";
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  });
+}
 
 $("#copy-key").addEventListener("click", async () => {
   const input = $("#public-key");
@@ -319,6 +354,15 @@ function connect() {
   });
 }
 
+// openFromURL selects the build a /builds/<id> address names.
+async function openFromURL() {
+  const m = location.pathname.match(/^\/builds\/(\d+)$/);
+  if (!m) return;
+  const b = await getJSON(`/api/v1/builds/${m[1]}`);
+  selectBuild(b.repository, b.id, false);
+}
+window.addEventListener("popstate", () => { if (can.read) openFromURL().catch(console.warn); });
+
 // start (again, after the token changed): who is this, then everything
 // drawn for that role.
 async function start() {
@@ -329,7 +373,8 @@ async function start() {
     if (events) { events.close(); events = null; }
     return;
   }
-  if (selected) selectBuild(selected.repo, selected.id);
+  if (selected) selectBuild(selected.repo, selected.id, false);
+  else openFromURL().catch(console.warn);
   refreshAll().catch(console.warn);
   refreshHosts().catch(console.warn);
   connect();

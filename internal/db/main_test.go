@@ -1,0 +1,11 @@
+package db
+
+import (
+	"os"
+	"testing"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/pgtest"
+)
+
+// TestMain stops the PostgreSQL server the tests share after them.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
