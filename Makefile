@@ -36,6 +36,7 @@ test: deps vet
 bench: build
 	./scripts/install-deps.sh bench
 	./bench/cache.sh
+	./bench/storage.sh
 	./bench/api.sh
 
 clean:

@@ -20,6 +20,7 @@ const usage = `usage: crystal-forge <command> [flags]
 commands:
   server   the all-in-one server: key init, binary cache, builds, API and web page
   cache    serve the local Nix store as a signed binary cache
+           (cache gc|pin|unpin|pins: collect its storage's garbage, keep paths)
   keygen   create the cache signing key if it does not exist; print the public key
   trigger  trigger a build of a repository (client of a server's API)
   status   show repositories and their latest builds
@@ -54,7 +55,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "keygen":
 		err = runKeygen(rest, stdout, stderr, log)
 	case "cache":
-		err = runCache(ctx, rest, stderr, log)
+		if ok, terr := runCacheTool(ctx, rest, stdout, stderr); ok {
+			err = terr
+		} else {
+			err = runCache(ctx, rest, stderr, log)
+		}
 	case "server":
 		err = runServer(ctx, rest, stdout, stderr, log)
 	case "trigger":

@@ -26,6 +26,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/hostname"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
+	"github.com/crystal-forge/crystal-forge/internal/push"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 	"github.com/crystal-forge/crystal-forge/internal/tailnet"
 )
@@ -120,28 +121,6 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 	}
 
-	orch, err := build.New(build.Config{
-		DataDir:          cfg.DataDir,
-		Repositories:     cfg.Repositories,
-		MaxParallel:      cfg.MaxParallelBuilds,
-		Timeout:          cfg.BuildTimeout.Duration,
-		GitTimeout:       cfg.GitTimeout.Duration,
-		PollInterval:     cfg.PollInterval.Duration,
-		System:           cfg.System,
-		HomeManagerFlake: cfg.HomeManagerFlake,
-		Nix:              nix,
-		DB:               database,
-		Logger:           log,
-	})
-	if err != nil {
-		return err
-	}
-	buildCtx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBuilds()
-	if err := orch.Start(buildCtx); err != nil {
-		return err
-	}
-
 	if cf.noLocalStore {
 		return fmt.Errorf("--no-local-store is for `crystal-forge cache`: the server serves what it builds from its local store")
 	}
@@ -162,6 +141,62 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 	defer closeLogged(log, "nix store database", st)
+	// Pushes of every build's outputs (docs/caches.md), resumed from a
+	// previous run before any new build can queue one.
+	var pusher *push.Service
+	if len(cfg.Push) > 0 {
+		dests := make([]push.Destination, len(cfg.Push))
+		for i, p := range cfg.Push {
+			dests[i] = push.Destination{Name: p.Name, URL: p.URL, TokenFile: p.TokenFile}
+		}
+		pushTmp := filepath.Join(cfg.DataDir, "tmp", "push")
+		if err := os.MkdirAll(pushTmp, 0o700); err != nil {
+			return fmt.Errorf("create push directory: %w", err)
+		}
+		if pusher, err = push.New(push.Config{DB: database, Store: st, Keys: []*signing.SecretKey{key.Key}, Destinations: dests, TempDir: pushTmp, Logger: log}); err != nil {
+			return err
+		}
+	}
+	pushCtx, stopPushes := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		// Pushes in flight stop and stay queued for the next start; they
+		// use the store and the database, closed after this.
+		stopPushes()
+		if pusher != nil {
+			pusher.Wait()
+		}
+	}()
+	var buildPusher build.Pusher
+	if pusher != nil {
+		if err := pusher.Start(pushCtx); err != nil {
+			return err
+		}
+		buildPusher = pusher
+	}
+
+	orch, err := build.New(build.Config{
+		DataDir:          cfg.DataDir,
+		Repositories:     cfg.Repositories,
+		MaxParallel:      cfg.MaxParallelBuilds,
+		Timeout:          cfg.BuildTimeout.Duration,
+		GitTimeout:       cfg.GitTimeout.Duration,
+		PollInterval:     cfg.PollInterval.Duration,
+		System:           cfg.System,
+		HomeManagerFlake: cfg.HomeManagerFlake,
+		Nix:              nix,
+		DB:               database,
+		Pusher:           buildPusher,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	buildCtx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBuilds()
+	if err := orch.Start(buildCtx); err != nil {
+		return err
+	}
+
 	fleetSvc := fleet.New(fleet.Config{
 		DB:           database,
 		Store:        st,
@@ -170,6 +205,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		MaxPending:   cfg.MaxPendingHosts,
 		EnrolPerHour: cfg.EnrolmentsPerHour,
 		Repositories: orch.Repositories(),
+		FleetCache:   cfg.FleetCache,
 		Logger:       log,
 	})
 	if err := fleetSvc.ConfigureHosts(ctx, cfg.Hosts); err != nil {

@@ -209,6 +209,22 @@ func trigger(t *testing.T, srv *testsupport.Server, repo string) int64 {
 	return r.BuildID
 }
 
+// startBlockedServer starts a real server with one repository, name, whose
+// only package, "slow", blocks until the test releases it.
+func startBlockedServer(t *testing.T, name string) (blocker *testsupport.Blocker, srv *testsupport.Server, repoDir string) {
+	t.Helper()
+	blocker = testsupport.NewBlocker(t, "slow")
+	repoDir = testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
+		System:   config.DefaultSystem(),
+		Nonce:    testsupport.Nonce(),
+		Packages: []testsupport.FlakePackage{blocker.Package()},
+	}.Nix()})
+	srv = testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
+	})
+	return blocker, srv, repoDir
+}
+
 // TestServerKillAndRestart kills a real server with SIGKILL (and every
 // process it started) in the middle of a build, starts a new one on the
 // same data directory, and checks that the dead build is recorded as
@@ -217,15 +233,7 @@ func TestServerKillAndRestart(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
 	const name = "blocky"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	blocker, srv, repoDir := startBlockedServer(t, name)
 
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -316,15 +324,7 @@ func TestServerCrashStopsBuilders(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
 	const name = "crashy"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	blocker, srv, _ := startBlockedServer(t, name)
 	builder := blocker.WaitStarted(t, srv, trigger(t, srv, name))
 	nixPID, err := testsupport.ProcessParent(builder)
 	if err != nil {

@@ -231,15 +231,7 @@ func TestWebPageServerRestart(t *testing.T) {
 	requireGit(t)
 	testsupport.RequireChromium(t)
 	const name = "restartrepo"
-	blocker := testsupport.NewBlocker(t, "slow")
-	repoDir := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{
-		System:   config.DefaultSystem(),
-		Nonce:    testsupport.Nonce(),
-		Packages: []testsupport.FlakePackage{blocker.Package()},
-	}.Nix()})
-	srv := testsupport.StartServer(t, testsupport.ServerOptions{
-		Repositories: []testsupport.ServerRepository{{Name: name, URL: repoDir, Branch: "main"}},
-	})
+	_, srv, _ := startBlockedServer(t, name)
 
 	b := testsupport.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 90*time.Second)

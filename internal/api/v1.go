@@ -29,6 +29,9 @@ type Repository struct {
 type Build struct {
 	*db.Build
 	Results []*db.Result `json:"results"`
+	// Pushes are the pushes of the build's outputs to the configured
+	// caches (empty when none is configured or nothing built).
+	Pushes []*db.PushJob `json:"pushes"`
 }
 
 func (s *Server) repositoryView(r *http.Request, name string) (*Repository, error) {
@@ -146,7 +149,12 @@ func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Build{Build: b, Results: res})
+	pushes, err := s.db.Pushes(r.Context(), b.ID)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, Build{Build: b, Results: res, Pushes: pushes})
 }
 
 // resultLog is GET /api/v1/builds/{id}/results/{result}/log: the part of

@@ -38,7 +38,16 @@ type Config struct {
 	HomeManagerFlake string
 	Nix              *nixcli.Nix
 	DB               *db.DB
-	Logger           *slog.Logger
+	// Pusher, when set, pushes each build's outputs to the configured
+	// caches as the build ends.
+	Pusher Pusher
+	Logger *slog.Logger
+}
+
+// Pusher pushes store paths, with their closures, to the configured
+// destinations, recording one job per destination for the build.
+type Pusher interface {
+	Push(ctx context.Context, buildID int64, roots []string) ([]*db.PushJob, error)
 }
 
 // Orchestrator queues and runs builds.

@@ -33,6 +33,9 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 			status, errMsg = db.StatusFailed, fmt.Sprintf("internal error: %v", p)
 			lg.Line("Error: internal error: %v", p)
 		}
+		// Pushes are queued before the build is seen to end, so whoever
+		// sees the end also sees them.
+		o.pushOutputs(bg, b, status)
 		now := time.Now()
 		if err := o.db.FinishBuild(bg, b.ID, status, errMsg, now); err != nil {
 			o.log.Error("record build end", "build", b.ID, "err", err)
@@ -85,6 +88,38 @@ func (o *Orchestrator) execute(ctx context.Context, rn *run, repo config.Reposit
 		status, errMsg = db.StatusFailed, err.Error()
 	default:
 		status = db.StatusSuccess
+	}
+}
+
+// pushOutputs queues the push of the outputs of every attribute that built,
+// also when others failed: what built is as good as from a successful
+// build, and a fleet host of a working configuration should not wait on a
+// broken package. A cancelled or interrupted build pushes nothing.
+// The build log is left alone: its last line is the spec's end of build.
+func (o *Orchestrator) pushOutputs(ctx context.Context, b *db.Build, status string) {
+	if o.cfg.Pusher == nil || status == db.StatusCancelled || o.ctx.Err() != nil {
+		return
+	}
+	results, err := o.db.Results(ctx, b.ID)
+	if err != nil {
+		o.log.Error("list the outputs to push", "build", b.ID, "err", err)
+		return
+	}
+	var roots []string
+	for _, r := range results {
+		if r.Status == db.ResultSuccess {
+			roots = append(roots, r.OutPaths...)
+		}
+	}
+	if len(roots) == 0 {
+		return
+	}
+	jobs, err := o.cfg.Pusher.Push(ctx, b.ID, roots)
+	for _, j := range jobs {
+		o.log.Info("push queued", "repository", b.Repository, "build", b.ID, "destination", j.Destination, "job", j.ID, "roots", len(roots))
+	}
+	if err != nil {
+		o.log.Error("queue pushes", "build", b.ID, "err", err)
 	}
 }
 

@@ -36,21 +36,6 @@ import (
 
 const uploadToken = "s3cr3t-upload-token"
 
-// uploadBackends opens a fresh backend of each kind.
-func uploadBackends() map[string]func(t *testing.T) objstore.Store {
-	return map[string]func(t *testing.T) objstore.Store{
-		"dir": func(t *testing.T) objstore.Store { return dirBackend(t) },
-		"s3": func(t *testing.T) objstore.Store {
-			srv := testsupport.StartS3(t)
-			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
 func dirBackend(t *testing.T) objstore.Store {
 	s, err := objstore.OpenDir(filepath.Join(t.TempDir(), "cache"))
 	if err != nil {
@@ -136,7 +121,7 @@ func TestNixCopyTo(t *testing.T) {
 	testsupport.RequireNix(t)
 	c := testsupport.BuildClosure(t)
 	big := bigPath(t)
-	for name, open := range uploadBackends() {
+	for name, open := range testsupport.StorageBackends() {
 		t.Run(name, func(t *testing.T) {
 			backend := open(t)
 			cfg, pub := uploadConfig(t, backend)

@@ -17,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
+	"github.com/crystal-forge/crystal-forge/internal/push"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
 )
 
@@ -85,6 +86,14 @@ type Config struct {
 	// per line, or name:token); empty turns uploads off.
 	UploadTokenFile string `toml:"upload_token_file"`
 
+	// Push lists the destinations every build's outputs are pushed to,
+	// with their closures (docs/caches.md).
+	Push []Push `toml:"push"`
+	// FleetCache names the push destination the fleet's agents pull from:
+	// a host under the auto policy is handed a build only once its push
+	// there succeeded. Empty: agents pull from this server's cache.
+	FleetCache string `toml:"fleet_cache"`
+
 	// RequireAuthForRead makes reading the API and page need an identity
 	// (by default reading is open, as in the spec).
 	RequireAuthForRead bool `toml:"require_auth_for_read"`
@@ -131,6 +140,16 @@ type Tailscale struct {
 type ACL struct {
 	Match string `toml:"match"`
 	Role  string `toml:"role"`
+}
+
+// Push is a destination builds are pushed to.
+type Push struct {
+	Name string `toml:"name"`
+	// URL is http(s)://… (another Crystal Forge cache), s3://bucket?…,
+	// dir:///path or attic://<cache>.
+	URL string `toml:"url"`
+	// TokenFile holds the upload token of an http(s) destination.
+	TokenFile string `toml:"token_file"`
 }
 
 // Host is a fleet host declared in the configuration.
@@ -411,6 +430,25 @@ func (c *Config) Validate() error {
 		default:
 			bad(key+".policy", "%q: want manual, pinned or auto", h.Policy)
 		}
+	}
+	seenPush := map[string]bool{}
+	for i, p := range c.Push {
+		key := fmt.Sprintf("push[%d]", i)
+		if !ValidName(p.Name) {
+			bad(key+".name", "%q: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)", p.Name)
+		} else if seenPush[p.Name] {
+			bad(key+".name", "%q is used twice", p.Name)
+		}
+		seenPush[p.Name] = true
+		kind, err := push.KindOf(p.URL)
+		if err != nil {
+			bad(key+".url", "%v", err)
+		} else if p.TokenFile != "" && kind != push.KindHTTP {
+			bad(key+".token_file", "is for http(s) destinations only: S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, Attic's from `attic login`")
+		}
+	}
+	if c.FleetCache != "" && !seenPush[c.FleetCache] {
+		bad("fleet_cache", "%q is not the name of a [[push]] destination", c.FleetCache)
 	}
 	return errors.Join(errs...)
 }

@@ -213,3 +213,31 @@ func TestValidName(t *testing.T) {
 		}
 	}
 }
+
+func TestPushErrors(t *testing.T) {
+	push := func(fields string) string { return "[[push]]\n" + fields + "\n" }
+	tests := []struct {
+		name, toml, want string
+	}{
+		{"good", `fleet_cache = "central"` + "\n" + push(`name = "central"`+"\nurl = \"http://cache:5000\"\ntoken_file = \"/etc/cf/token\"") +
+			push(`name = "bucket"`+"\nurl = \"s3://b?endpoint=http://127.0.0.1:9000&region=us-east-1\"") + push(`name = "attic"`+"\nurl = \"attic://main\""), ""},
+		{"bad name", push(`name = "a b"` + "\nurl = \"http://c\""), "push[0].name"},
+		{"duplicate name", push(`name = "a"`+"\nurl = \"http://c\"") + push(`name = "a"`+"\nurl = \"http://d\""), "push[1].name: \"a\" is used twice"},
+		{"bad scheme", push(`name = "a"` + "\nurl = \"ftp://c\""), "push[0].url"},
+		{"token for s3", push(`name = "a"` + "\nurl = \"s3://b\"\ntoken_file = \"/t\""), "push[0].token_file"},
+		{"unknown fleet cache", `fleet_cache = "nope"` + "\n" + push(`name = "a"`+"\nurl = \"http://c\""), "fleet_cache"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(write(t, tt.toml), env(nil))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("err = %v, want none", err)
+			case tt.want == "" && (len(c.Push) != 3 || c.Push[0].TokenFile != "/etc/cf/token" || c.FleetCache != "central"):
+				t.Errorf("loaded %+v", c.Push)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -36,6 +36,9 @@ type Config struct {
 	Enrolment string
 	// Repositories are the names auto policies may follow.
 	Repositories []string
+	// FleetCache, when set, is the push destination the agents pull from:
+	// an auto host is handed only a build whose push there succeeded.
+	FleetCache string
 	// MaxPending caps hosts awaiting approval (default 100); beyond it
 	// first contacts are refused until an admin approves or removes some.
 	MaxPending int
@@ -330,6 +333,17 @@ func (s *Service) desired(ctx context.Context, h *db.Host) target {
 			return target{reason: "policy:auto:no-successful-build"}
 		case err != nil:
 			return target{reason: "policy:auto", err: err.Error()}
+		}
+		if s.cfg.FleetCache != "" {
+			// The newest build the agents can fetch: pushed to their cache.
+			// Until one is, the host stays where it is.
+			out, drv, _, err = s.cfg.DB.LatestPushedNixosBuild(ctx, h.Repository, conf, s.cfg.FleetCache)
+			switch {
+			case errors.Is(err, db.ErrNotFound):
+				return target{reason: "policy:auto:waiting-for-push"}
+			case err != nil:
+				return target{reason: "policy:auto", err: err.Error()}
+			}
 		}
 		outs := strings.Fields(out)
 		if len(outs) == 0 {

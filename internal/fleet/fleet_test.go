@@ -1357,3 +1357,49 @@ func TestConfigureHosts(t *testing.T) {
 		t.Errorf("beta after the refused configuration = %+v, want untouched", h)
 	}
 }
+
+// TestPolicyAutoWaitsForPush: with fleet_cache set, an auto host is handed
+// only a build whose push to that cache succeeded.
+func TestPolicyAutoWaitsForPush(t *testing.T) {
+	e := newEnv(t, func(c *fleet.Config) { c.FleetCache = "central" })
+	a := newAgent(t, "chesty")
+	e.add(a, fleet.Policy{})
+	c := e.closure
+	ctx := t.Context()
+	if err := e.svc.SetPolicy(ctx, admin, "chesty", fleet.Policy{Policy: db.PolicyAuto, Repository: testRepo}, ""); err != nil {
+		t.Fatal(err)
+	}
+	push := func(buildID int64, dest string, state db.PushState) {
+		t.Helper()
+		j, err := e.db.CreatePush(ctx, buildID, dest, "http://cache", []string{"x"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.db.UpdatePush(ctx, j.ID, state, db.PushProgress{Attempts: 1}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := addNixosBuild(t, e.db, testRepo, "chesty", db.ResultSuccess, c.Middle, c.Derivers[c.Middle])
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:auto:waiting-for-push" || r.Deploy || r.Target != c.Leaf {
+		t.Fatalf("auto before the push = %+v, want waiting-for-push and stay", r)
+	}
+	push(first, "elsewhere", db.PushSucceeded) // not the fleet's cache
+	push(first, "central", db.PushRunning)
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:auto:waiting-for-push" || r.Deploy {
+		t.Fatalf("auto while the push runs = %+v", r)
+	}
+	push(first, "central", db.PushSucceeded)
+	if r := e.ok(a, c.Leaf); r.Reason != "policy:update" || !r.Deploy || r.Target != c.Middle {
+		t.Fatalf("auto after the push = %+v, want deploy %s", r, c.Middle)
+	}
+	// A newer build whose push failed: the host keeps the pushed one.
+	second := addNixosBuild(t, e.db, testRepo, "chesty", db.ResultSuccess, c.Top, c.Derivers[c.Top])
+	push(second, "central", db.PushFailed)
+	if r := e.ok(a, c.Middle); r.Reason != "policy:up-to-date" || r.Deploy || r.Target != c.Middle {
+		t.Fatalf("auto with the newest push failed = %+v, want to stay on %s", r, c.Middle)
+	}
+	push(second, "central", db.PushSucceeded)
+	if r := e.ok(a, c.Middle); !r.Deploy || r.Target != c.Top {
+		t.Fatalf("auto after the newest push = %+v, want deploy %s", r, c.Top)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,28 +12,6 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/objstore"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
-
-// backends opens each kind of store afresh: a directory, and a bucket on a
-// real S3 server (versitygw).
-func backends(t *testing.T) map[string]func(t *testing.T) objstore.Store {
-	return map[string]func(t *testing.T) objstore.Store{
-		"dir": func(t *testing.T) objstore.Store {
-			s, err := objstore.Open(t.Context(), "dir://"+filepath.Join(t.TempDir(), "cache"), objstore.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-		"s3": func(t *testing.T) objstore.Store {
-			srv := testsupport.StartS3(t)
-			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
 
 // failingReader returns some data, then an error: an upload cut off.
 type failingReader struct {
@@ -51,7 +28,7 @@ func (f *failingReader) Read(p []byte) (int, error) {
 }
 
 func TestStore(t *testing.T) {
-	for name, open := range backends(t) {
+	for name, open := range testsupport.StorageBackends() {
 		t.Run(name, func(t *testing.T) {
 			s := open(t)
 			ctx := t.Context()

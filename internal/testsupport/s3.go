@@ -18,6 +18,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/crystal-forge/crystal-forge/internal/objstore"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
@@ -165,4 +166,27 @@ func (s *S3Server) Getenv(k string) string {
 		return s.SecretKey
 	}
 	return ""
+}
+
+// StorageBackends returns an opener for each kind of cache storage, for
+// tests that must pass on all of them: a new directory, and a new bucket on
+// a real S3 server (versitygw).
+func StorageBackends() map[string]func(t *testing.T) objstore.Store {
+	return map[string]func(t *testing.T) objstore.Store{
+		"dir": func(t *testing.T) objstore.Store {
+			s, err := objstore.OpenDir(filepath.Join(t.TempDir(), "cache"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		"s3": func(t *testing.T) objstore.Store {
+			srv := StartS3(t)
+			s, err := objstore.Open(t.Context(), srv.URL(srv.NewBucket(t)), objstore.Options{Getenv: srv.Getenv})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
 }

@@ -217,7 +217,26 @@ async function showBuild(id) {
         el("pre", { class: "error" }, r.error || ""),
         r.log_tail ? el("pre", { class: "log-tail" }, r.log_tail) : ""))];
   }));
+  // Where the build's outputs were pushed: one row per destination.
+  const pushes = b.pushes || [];
+  $("#pushes-section").hidden = pushes.length === 0;
+  $("#pushes").replaceChildren(...pushes.map((p) => el("tr", { "data-destination": p.destination, class: `push ${p.state}` },
+    el("td", {}, p.destination, el("div", { class: "muted" }, el("code", {}, p.url))),
+    el("td", { class: `push-state ${p.state}` }, p.state),
+    el("td", {}, String(p.attempts)),
+    el("td", {}, String(p.paths)),
+    el("td", {}, `${p.uploaded} · ${fmtBytes(p.bytes)}`),
+    el("td", {}, p.duration_ms ? `${(p.duration_ms / 1000).toFixed(1)}s` : "—"),
+    el("td", {}, p.error ? el("pre", { class: "error" }, p.error) : ""))));
+  // A push still running is shown until it ends.
+  if (pushes.some((p) => p.state === "queued" || p.state === "running")) {
+    clearTimeout(pushTimer);
+    pushTimer = setTimeout(() => { if (selected && selected.id === b.id) showBuild(b.id).catch(console.warn); }, 2000);
+  }
 }
+
+let pushTimer = null;
+const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
 
 // selectBuild shows a build; the address becomes /builds/<id>, the
 // build's own URL, unless the change came from that URL (push false).
