@@ -35,6 +35,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	fs.DurationVar(&cfg.ActivationTimeout, "activation-timeout", agent.DefaultActivationTimeout,
 		"stop switch-to-configuration after this long and roll back (negative: no limit)")
 	once := fs.Bool("once", false, "send one heartbeat, act on the answer, and exit")
+	var ts agentTailnetFlags
+	ts.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -62,6 +64,13 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	}
 	cfg.Substituters, cfg.TrustedPublicKeys = subs, trustedKeys
 	cfg.Version, cfg.Logger = version, log
+	node, err := ts.apply(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		defer closeLogged(log, "tailnet node", node)
+	}
 
 	a, err := agent.New(cfg)
 	if err != nil {

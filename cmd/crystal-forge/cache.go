@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/cache"
+	"github.com/crystal-forge/crystal-forge/internal/connlimit"
 	"github.com/crystal-forge/crystal-forge/internal/http1"
 	"github.com/crystal-forge/crystal-forge/internal/keygen"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
@@ -37,6 +38,9 @@ type cacheFlags struct {
 	trustedKeys     stringList
 	maxUploadMiB    int64
 	stagingDir      string
+	// apiTokens, set by the server, also authenticate uploads (and turn
+	// them on without a token file).
+	apiTokens cache.Authenticator
 }
 
 func (c *cacheFlags) register(fs *flag.FlagSet) {
@@ -109,14 +113,21 @@ func (c *cacheFlags) backendConfig(ctx context.Context) (cache.Config, error) {
 		return cfg, err
 	}
 	cfg.Backend = backend
-	if c.uploadTokenFile == "" {
+	var auths cache.AnyAuthenticator
+	if c.apiTokens != nil {
+		auths = append(auths, c.apiTokens)
+	}
+	if c.uploadTokenFile != "" {
+		tokens, err := cache.LoadTokenFile(c.uploadTokenFile)
+		if err != nil {
+			return cfg, err
+		}
+		auths = append(auths, tokens)
+	}
+	if len(auths) == 0 {
 		return cfg, nil
 	}
-	tokens, err := cache.LoadTokenFile(c.uploadTokenFile)
-	if err != nil {
-		return cfg, err
-	}
-	up := &cache.UploadConfig{Auth: tokens, Policy: cache.SignaturePolicy(c.signaturePolicy), MaxNarBytes: c.maxUploadMiB << 20, StagingDir: c.stagingDir}
+	up := &cache.UploadConfig{Auth: auths, Policy: cache.SignaturePolicy(c.signaturePolicy), MaxNarBytes: c.maxUploadMiB << 20, StagingDir: c.stagingDir}
 	for _, k := range c.trustedKeys {
 		pk, err := signing.ParsePublicKey(k)
 		if err != nil {
@@ -184,10 +195,14 @@ func runCache(ctx context.Context, args []string, stderr io.Writer, log *slog.Lo
 	return serve(ctx, log, "cache", ln, cacheServer(log, srv), serveHooks{})
 }
 
-// serveHooks are optional callbacks around a server's life.
+// serveHooks are optional callbacks around a server's life, and its
+// listener's bound.
 type serveHooks struct {
 	listening func() // the socket is bound
 	stopped   func() // the server no longer serves
+	// perClient bounds the connections one client address may hold open
+	// (0: unbounded).
+	perClient int
 }
 
 // httpServer is what serve runs: net/http's server, or http1's for the
@@ -199,8 +214,17 @@ type httpServer interface {
 
 // stdServer is net/http's server for h, for everything but the cache.
 // onShutdown, when set, is called as shutdown begins (to end streams).
+// Idle keep-alive connections close after a minute, headers must arrive
+// within 10 s and bodies within 30 s; no ReadTimeout or WriteTimeout,
+// which would cut the long-lived event and log streams.
 func stdServer(log *slog.Logger, h http.Handler, onShutdown func()) *http.Server {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{
+		Handler:           connlimit.BodyDeadline(h, 30*time.Second),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 	if onShutdown != nil {
 		hs.RegisterOnShutdown(onShutdown)
 	}
@@ -228,6 +252,7 @@ func bind(name, addr, setting string) (net.Listener, error) {
 
 // serve runs hs on ln until ctx ends, then drains for up to 10 seconds.
 func serve(ctx context.Context, log *slog.Logger, name string, ln net.Listener, hs httpServer, hooks serveHooks) error {
+	ln = connlimit.New(ln, hooks.perClient, log.With("service", name))
 	if hooks.listening != nil {
 		hooks.listening()
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/crystal-forge/crystal-forge/internal/auth"
+	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
 
@@ -68,5 +70,62 @@ func TestServerCacheUpload(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dest, c.Top, "paths")); err != nil || string(a) != string(b) {
 		t.Errorf("%s/paths after the round trip: %q (%v), want %q", c.Top, b, err, a)
+	}
+}
+
+// TestServerCacheUploadAPIToken: without any upload_token_file, the
+// server's API tokens authenticate uploads: one of role read is refused and
+// stores nothing, one of role trigger pushes the closure.
+func TestServerCacheUploadAPIToken(t *testing.T) {
+	testsupport.RequireNix(t)
+	c := testsupport.BuildClosure(t)
+	src := testsupport.NewLocalStore(t)
+	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", src, c.Top); err != nil {
+		t.Fatal(err)
+	}
+	// Out of the system store, which the server serves: only an upload can
+	// make the cache have them.
+	if _, err := testsupport.NixCommand(t.Context(), append([]string{"nix-store", "--delete"}, c.All...)...); err != nil {
+		t.Fatal(err)
+	}
+	srv := testsupport.StartServer(t, testsupport.ServerOptions{})
+	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.CloseAtCleanup(t, d)
+	tokens := &auth.Tokens{DB: d}
+	push := func(role auth.Role) error {
+		t.Helper()
+		tok, err := tokens.Create(t.Context(), "up-"+role.String(), role, 0, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		netrc := filepath.Join(t.TempDir(), "netrc")
+		if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+tok.Token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = testsupport.NixCommandEnv(t.Context(), []string{"XDG_CACHE_HOME=" + t.TempDir()}, "nix", "copy", "--from", src,
+			"--to", srv.CacheURL+"?compression=zstd", "--option", "netrc-file", netrc, c.Top)
+		return err
+	}
+	narinfo := func(p string) string {
+		return filepath.Join(srv.Config.DataDir, "cache", filepath.Base(p)[:32]+".narinfo")
+	}
+	if err := push(auth.RoleRead); err == nil {
+		t.Fatal("a read token uploaded")
+	}
+	for _, p := range c.All {
+		if _, err := os.Stat(narinfo(p)); err == nil {
+			t.Errorf("%s stored from a read token's upload", p)
+		}
+	}
+	if err := push(auth.RoleTrigger); err != nil {
+		t.Fatalf("upload with a trigger token: %v", err)
+	}
+	for _, p := range c.All {
+		if _, err := os.Stat(narinfo(p)); err != nil {
+			t.Errorf("uploaded %s: %v", p, err)
+		}
 	}
 }

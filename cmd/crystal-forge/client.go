@@ -20,6 +20,27 @@ func defaultServer() string {
 	return "http://localhost:8000"
 }
 
+// apiFlags are the flags of every API client command: --server and
+// --token.
+type apiFlags struct{ server, token *string }
+
+func addAPIFlags(fs *flag.FlagSet) apiFlags {
+	return apiFlags{
+		server: fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)"),
+		// The default stays empty so -h never prints a token from the environment.
+		token: fs.String("token", "", "API token, sent as Authorization: Bearer (env CRYSTAL_FORGE_TOKEN; none needed on the server itself)"),
+	}
+}
+
+func (f apiFlags) client() *client.Client {
+	c := client.New(*f.server)
+	c.Token = *f.token
+	if c.Token == "" {
+		c.Token = os.Getenv("CRYSTAL_FORGE_TOKEN")
+	}
+	return c
+}
+
 // serverHint adds to the error of a server that did not answer how to name
 // another one.
 func serverHint(err error) error {
@@ -51,7 +72,7 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 func runTrigger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("trigger", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	api := addAPIFlags(fs)
 	follow := fs.Bool("f", false, "follow the build's log until it ends; exit 1 if it fails")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -61,7 +82,7 @@ func runTrigger(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "usage: crystal-forge trigger [--server URL] [-f] REPOSITORY")
 		return errUsage
 	}
-	c := client.New(*server)
+	c := api.client()
 	r, err := c.Trigger(ctx, pos[0])
 	if err != nil {
 		return err
@@ -107,12 +128,12 @@ func followBuild(ctx context.Context, c *client.Client, id int64, stdout io.Writ
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	api := addAPIFlags(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
-	c := client.New(*server)
+	c := api.client()
 	repos, err := c.Repositories(ctx)
 	if err != nil {
 		return err
@@ -162,7 +183,7 @@ func contains(list []string, s string) bool {
 func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	api := addAPIFlags(fs)
 	n := fs.Int("n", 100, "number of lines (1-10000)")
 	follow := fs.Bool("f", false, "follow the newest build's log until it ends")
 	pos, err := parseArgs(fs, args)
@@ -173,7 +194,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "usage: crystal-forge logs [--server URL] [-n N] [-f] REPOSITORY")
 		return errUsage
 	}
-	c := client.New(*server)
+	c := api.client()
 	if *follow {
 		r, err := c.Repository(ctx, pos[0])
 		if err != nil {

@@ -131,8 +131,8 @@ func TestWebPageFleet(t *testing.T) {
 	for _, e := range audit {
 		if e.Action == "approve" && e.Host == "newbie" {
 			found = true
-			if e.Actor != "web-page" || e.Remote == "" {
-				t.Errorf("approve entry = %+v, want actor web-page and the browser's address", e)
+			if e.Actor != "loopback" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
+				t.Errorf("approve entry = %+v, want actor loopback and the browser's address", e)
 			}
 		}
 	}

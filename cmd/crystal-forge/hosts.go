@@ -14,7 +14,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/crystal-forge/crystal-forge/internal/client"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 )
@@ -29,6 +28,9 @@ commands:
   set-target NAME STOREPATH        deploy STOREPATH to the host (policy becomes manual)
   set-policy NAME manual|pinned|auto [--target STOREPATH] [--repo REPO] [--config NAME]
                                    change what decides the host's target
+  remove NAME                      delete the host and its history (the audit log keeps it)
+  rekey NAME --key KEY             give the host a new agent key, approved (a reinstall,
+                                   a leaked key, or a name an impostor enrolled first)
 `
 
 // hostsNow is the clock the fleet commands show ages with (tests fix it).
@@ -38,11 +40,11 @@ var hostsNow = time.Now
 func runHosts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	api := addAPIFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	hosts, err := client.New(*server).Hosts(ctx)
+	hosts, err := api.client().Hosts(ctx)
 	if err != nil {
 		return err
 	}
@@ -76,6 +78,10 @@ func runHost(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return runHostSetTarget(ctx, rest, stdout, stderr)
 	case "set-policy":
 		return runHostSetPolicy(ctx, rest, stdout, stderr)
+	case "remove":
+		return runHostRemove(ctx, rest, stdout, stderr)
+	case "rekey":
+		return runHostRekey(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, hostUsage)
 		return nil
@@ -85,11 +91,11 @@ func runHost(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 }
 
-// hostFlags is a flag set with --server for `host <name>`.
-func hostFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+// hostFlags is a flag set with --server and --token for `host <name>`.
+func hostFlags(name string, stderr io.Writer) (*flag.FlagSet, apiFlags) {
 	fs := flag.NewFlagSet("host "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	return fs, fs.String("server", defaultServer(), "server URL (env CRYSTAL_FORGE_SERVER)")
+	return fs, addAPIFlags(fs)
 }
 
 // hostPolicyFlags adds --target, --repo and --config.
@@ -113,12 +119,12 @@ func hostPositional(fs *flag.FlagSet, args []string, n int, usage string, stderr
 }
 
 func runHostShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, server := hostFlags("show", stderr)
+	fs, api := hostFlags("show", stderr)
 	pos, err := hostPositional(fs, args, 1, "show [--server URL] NAME", stderr)
 	if err != nil {
 		return err
 	}
-	h, err := client.New(*server).Host(ctx, pos[0])
+	h, err := api.client().Host(ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -126,7 +132,7 @@ func runHostShow(ctx context.Context, args []string, stdout, stderr io.Writer) e
 }
 
 func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, server := hostFlags("add", stderr)
+	fs, api := hostFlags("add", stderr)
 	key := fs.String("key", "", "the agent's public key, name:base64 (required)")
 	var p fleet.Policy
 	fs.StringVar(&p.Policy, "policy", db.PolicyManual, "manual, pinned or auto")
@@ -142,7 +148,7 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := checkPinned(p, stderr); err != nil {
 		return err
 	}
-	h, err := client.New(*server).AddHost(ctx, pos[0], *key, p)
+	h, err := api.client().AddHost(ctx, pos[0], *key, p)
 	if err != nil {
 		return err
 	}
@@ -151,12 +157,12 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func runHostApprove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, server := hostFlags("approve", stderr)
+	fs, api := hostFlags("approve", stderr)
 	pos, err := hostPositional(fs, args, 1, "approve [--server URL] NAME", stderr)
 	if err != nil {
 		return err
 	}
-	if err := client.New(*server).ApproveHost(ctx, pos[0]); err != nil {
+	if err := api.client().ApproveHost(ctx, pos[0]); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: approved\n", pos[0])
@@ -164,12 +170,12 @@ func runHostApprove(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func runHostSetTarget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, server := hostFlags("set-target", stderr)
+	fs, api := hostFlags("set-target", stderr)
 	pos, err := hostPositional(fs, args, 2, "set-target [--server URL] NAME STOREPATH", stderr)
 	if err != nil {
 		return err
 	}
-	if err := client.New(*server).SetTarget(ctx, pos[0], pos[1]); err != nil {
+	if err := api.client().SetTarget(ctx, pos[0], pos[1]); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: policy manual, target %s\n(verified and sent at the host's next heartbeat; `crystal-forge host show %s` tells if it was not)\n", pos[0], pos[1], pos[0])
@@ -177,7 +183,7 @@ func runHostSetTarget(ctx context.Context, args []string, stdout, stderr io.Writ
 }
 
 func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, server := hostFlags("set-policy", stderr)
+	fs, api := hostFlags("set-policy", stderr)
 	var p fleet.Policy
 	hostPolicyFlags(fs, &p)
 	pos, err := hostPositional(fs, args, 2, "set-policy [--server URL] NAME manual|pinned|auto [--target STOREPATH] [--repo REPO] [--config NAME]", stderr)
@@ -188,10 +194,41 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := checkPinned(p, stderr); err != nil {
 		return err
 	}
-	if err := client.New(*server).SetPolicy(ctx, pos[0], p); err != nil {
+	if err := api.client().SetPolicy(ctx, pos[0], p); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: policy %s\n", pos[0], describeHostPolicy(pos[0], p, true))
+	return nil
+}
+
+func runHostRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, api := hostFlags("remove", stderr)
+	pos, err := hostPositional(fs, args, 1, "remove [--server URL] NAME", stderr)
+	if err != nil {
+		return err
+	}
+	if err := api.client().RemoveHost(ctx, pos[0]); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: removed\n", pos[0])
+	return nil
+}
+
+func runHostRekey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, api := hostFlags("rekey", stderr)
+	key := fs.String("key", "", "the agent's new public key, name:base64 (required)")
+	pos, err := hostPositional(fs, args, 1, "rekey [--server URL] NAME --key KEY", stderr)
+	if err != nil {
+		return err
+	}
+	if *key == "" {
+		fmt.Fprintln(stderr, "host rekey: --key is required (the agent prints its public key)")
+		return errUsage
+	}
+	if err := api.client().RekeyHost(ctx, pos[0], *key); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: new key %s, approved\n", pos[0], *key)
 	return nil
 }
 

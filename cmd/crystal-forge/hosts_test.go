@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -232,7 +233,7 @@ func TestHostCommands(t *testing.T) {
 	requireContains(t, "host show chesty", out, "Host:", "chesty (approved, online)", "Public key:", chesty.pub(),
 		"Current:", c.Leaf, "Desired:", ghost+" (verification-failed)",
 		"Not sent:", "is not built: it is not in this server's store",
-		"Audit:", "alice set-target", "alice add-host", "Heartbeats:", "Deployments:\n  none")
+		"Audit:", "loopback set-target", "loopback add-host", "Heartbeats:", "Deployments:\n  none")
 
 	// A failed deployment, then an approval.
 	dep := &fleetproto.DeploymentReport{Target: c.Middle, Previous: c.Leaf, Status: fleetproto.DeployRolledBack, Error: "unit failed",
@@ -282,36 +283,26 @@ func TestHostCommands(t *testing.T) {
 		t.Errorf("the auto target verified, yet: %q", row)
 	}
 	_, out, _ = cli(t, "host", "show", "chesty", S)
-	requireContains(t, "host show chesty", out, "Desired:", c.Top+" (policy:update)", "Derivation:", c.Derivers[c.Top], "alice set-policy")
+	requireContains(t, "host show chesty", out, "Desired:", c.Top+" (policy:update)", "Derivation:", c.Derivers[c.Top], "loopback set-policy")
 	if strings.Contains(out, "Not sent:") {
 		t.Errorf("host show still says the target was not sent:\n%s", out)
 	}
 
-	// Every change is in the audit log under $USER, from this client.
+	// Every change is in the audit log under the identity the server
+	// established (this client connects over loopback), never $USER.
 	log, err := client.New(srv.URL).Audit(t.Context(), "", 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var actions []string
 	for _, e := range log {
-		if e.Actor != "alice" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
-			t.Errorf("audit entry %+v: want actor alice from 127.0.0.1", e)
+		if e.Actor != "loopback" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
+			t.Errorf("audit entry %+v: want actor loopback from 127.0.0.1", e)
 		}
 		actions = append(actions, e.Action+" "+e.Host)
 	}
 	if got, want := strings.Join(actions, ", "), "set-policy chesty, approve newbie, set-target chesty, add-host pinny, add-host chesty"; got != want {
 		t.Errorf("audit log = %s, want %s", got, want)
-	}
-}
-
-func TestHostActorDefault(t *testing.T) {
-	t.Setenv("USER", "")
-	if a := client.New("http://x").Actor; a != "unknown" {
-		t.Errorf("actor without $USER = %q, want unknown", a)
-	}
-	t.Setenv("USER", "bob")
-	if a := client.New("http://x").Actor; a != "bob" {
-		t.Errorf("actor = %q, want $USER", a)
 	}
 }
 
@@ -331,5 +322,36 @@ func TestShortStorePath(t *testing.T) {
 		if got := agoString(d); got != want {
 			t.Errorf("agoString(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+// `host rekey` and `host remove` recover a name an impostor enrolled.
+func TestHostRekeyRemove(t *testing.T) {
+	srv, d, _ := startFleetAPI(t)
+	S := "--server=" + srv.URL
+	impostor, real := newFleetTestAgent(t, "h2"), newFleetTestAgent(t, "h2")
+	if code, out := impostor.beat(t, srv.URL, "", nil); code != http.StatusForbidden {
+		t.Fatalf("impostor enrolment = %d %s", code, out)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", S); code != 2 || !strings.Contains(errOut, "--key is required") {
+		t.Fatalf("rekey without --key = %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", "--key", "nonsense", S); code != 1 || !strings.Contains(errOut, "400") {
+		t.Fatalf("rekey with a bad key = %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := cli(t, "host", "rekey", "h2", "--key", real.pub(), S); code != 0 || !strings.Contains(out, "approved") {
+		t.Fatalf("rekey = %d %q %q", code, out, errOut)
+	}
+	if code, out := real.beat(t, srv.URL, "", nil); code != http.StatusOK {
+		t.Fatalf("the real host after rekey = %d %s", code, out)
+	}
+	if code, out, errOut := cli(t, "host", "remove", "h2", S); code != 0 || out != "h2: removed\n" {
+		t.Fatalf("remove = %d %q %q", code, out, errOut)
+	}
+	if _, err := d.Host(t.Context(), "h2"); !errors.Is(err, db.ErrNotFound) {
+		t.Fatalf("host after remove: %v", err)
+	}
+	if code, _, errOut := cli(t, "host", "remove", "h2", S); code != 1 || !strings.Contains(errOut, "404") {
+		t.Fatalf("remove twice = %d %q", code, errOut)
 	}
 }

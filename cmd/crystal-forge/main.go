@@ -28,6 +28,7 @@ commands:
   logs     print or follow a repository's build log
   hosts    list the fleet's hosts: status, policy, current and desired system, drift, alerts
   host     show, add, approve a host; set its target or policy ("crystal-forge host help")
+  token    create, list and revoke API tokens ("crystal-forge token help")
   agent    the fleet agent on a NixOS host: heartbeats, and switches to the system the server names
   version  print the version
 
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = serverHint(runHosts(ctx, rest, stdout, stderr))
 	case "host":
 		err = serverHint(runHost(ctx, rest, stdout, stderr))
+	case "token":
+		err = serverHint(runToken(ctx, rest, stdout, stderr))
 	case "agent":
 		err = runAgent(ctx, rest, stderr, log)
 	case "version":

@@ -7,13 +7,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
+	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -24,6 +28,7 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/nixcli"
 	"github.com/crystal-forge/crystal-forge/internal/push"
 	"github.com/crystal-forge/crystal-forge/internal/signing"
+	"github.com/crystal-forge/crystal-forge/internal/tailnet"
 )
 
 // runServer is the all-in-one server: key init, binary cache, build
@@ -57,16 +62,18 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	}
 	// Bind before creating anything: a port in use stops the server
 	// before a data directory or signing key is made for nothing.
-	cacheLn, err := bind("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), "cache_port (or BUILD_SERVER_CACHE_PORT)")
-	if err != nil {
-		return err
+	// With tailnet_only nothing listens outside the tailnet.
+	var cacheLn, apiLn net.Listener
+	if !cfg.Tailscale.TailnetOnly {
+		if cacheLn, err = bind("cache", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.CachePort)), "cache_port (or BUILD_SERVER_CACHE_PORT)"); err != nil {
+			return err
+		}
+		defer cacheLn.Close()
+		if apiLn, err = bind("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), "api_port (or BUILD_SERVER_API_PORT)"); err != nil {
+			return err
+		}
+		defer apiLn.Close()
 	}
-	defer cacheLn.Close()
-	apiLn, err := bind("api", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.APIPort)), "api_port (or BUILD_SERVER_API_PORT)")
-	if err != nil {
-		return err
-	}
-	defer apiLn.Close()
 
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
@@ -128,6 +135,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if cf.uploadTokenFile == "" {
 		cf.uploadTokenFile = cfg.UploadTokenFile
 	}
+	// API tokens of role trigger or admin may upload (docs/security.md).
+	cf.apiTokens = &auth.Tokens{DB: database}
 	cacheSrv, st, err := cf.open(ctx, log, []*signing.SecretKey{key.Key})
 	if err != nil {
 		return err
@@ -196,6 +205,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		Store:        st,
 		Key:          key.Key,
 		Enrolment:    cfg.FleetEnrolment,
+		MaxPending:   cfg.MaxPendingHosts,
+		EnrolPerHour: cfg.EnrolmentsPerHour,
 		Repositories: orch.Repositories(),
 		FleetCache:   cfg.FleetCache,
 		Logger:       log,
@@ -204,39 +215,150 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		return err
 	}
 
+	info := api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, CacheURL: publicURL(ctx, cfg), PublicKey: key.Key.Public().String()}
+	authCfg := api.AuthConfig{
+		RequireAuthForRead: cfg.RequireAuthForRead,
+		DistrustLoopback:   !cfg.TrustLoopback,
+		AllowedHosts:       serverNames(ctx, cfg),
+	}
+	for _, a := range cfg.ACL {
+		role, err := auth.ParseRole(a.Role)
+		if err != nil {
+			return fmt.Errorf("config: acl %s: %w", a.Match, err)
+		}
+		authCfg.ACL = append(authCfg.ACL, auth.ACLEntry{Match: a.Match, Role: role})
+	}
+	var resolvers []auth.PeerResolver
+	var node *tailnet.Node
+	if cfg.Tailscale.Enable {
+		if node, err = startTailnet(ctx, cfg, log); err != nil {
+			return err
+		}
+		defer closeLogged(log, "tailnet node", node)
+		resolvers = append(resolvers, node.Resolver())
+		if node.DNSName != "" {
+			// Clients on the tailnet reach the cache by its MagicDNS name,
+			// unless public_url says otherwise.
+			if cfg.PublicURL == "" {
+				info.CacheURL = fmt.Sprintf("http://%s:%d", node.DNSName, cfg.CachePort)
+			}
+			short, _, _ := strings.Cut(node.DNSName, ".")
+			authCfg.AllowedHosts = append(authCfg.AllowedHosts, node.DNSName, short)
+		}
+	}
+	if cfg.Tailscale.UseTailscaled {
+		resolvers = append(resolvers, tailnet.SystemTailscaled())
+	}
+	authCfg.Tailnet = tailnet.First(resolvers...)
+
 	var cacheUp atomic.Bool
 	apiSrv := api.New(api.Config{
-		Info:          api.Info{Hostname: cfg.Hostname, APIPort: cfg.APIPort, CachePort: cfg.CachePort, CacheURL: publicURL(ctx, cfg), PublicKey: key.Key.Public().String()},
+		Info:          info,
 		Orchestrator:  orch,
 		Fleet:         fleetSvc,
 		EnableWebUI:   cfg.EnableWebUI,
 		CacheRunning:  cacheUp.Load,
 		WebhookSecret: cfg.WebhookSecret,
+		Auth:          authCfg,
 		Logger:        log,
 	})
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	srvCtx, stopServers := context.WithCancel(ctx)
 	defer stopServers()
-	wg.Go(func() {
-		errc <- serve(srvCtx, log, "cache", cacheLn, cacheServer(log, cacheSrv),
-			serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }})
-	})
-	wg.Go(func() {
-		errc <- serve(srvCtx, log, "api", apiLn, stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
-	})
+	servers := 0
+	start := func(name string, ln net.Listener, hs httpServer, hooks serveHooks) {
+		servers++
+		hooks.perClient = cfg.MaxConnectionsPerClient
+		wg.Go(func() { errc <- serve(srvCtx, log, name, ln, hs, hooks) })
+	}
+	cacheHooks := serveHooks{listening: func() { cacheUp.Store(true) }, stopped: func() { cacheUp.Store(false) }}
+	if !cfg.Tailscale.TailnetOnly {
+		start("cache", cacheLn, cacheServer(log, cacheSrv), cacheHooks)
+		cacheHooks = serveHooks{}
+		start("api", apiLn, stdServer(log, apiSrv, apiSrv.Close), serveHooks{})
+	}
+	if node != nil {
+		for _, l := range []struct {
+			name string
+			port int
+			hs   httpServer
+			h    serveHooks
+		}{
+			{"cache (tailnet)", cfg.CachePort, cacheServer(log, cacheSrv), cacheHooks},
+			{"api (tailnet)", cfg.APIPort, tailnetAPIServer(log, apiSrv), serveHooks{}},
+		} {
+			ln, err := node.Listen(":" + strconv.Itoa(l.port))
+			if err != nil {
+				stopServers()
+				wg.Wait()
+				return fmt.Errorf("%s: listen on the tailnet: %w", l.name, err)
+			}
+			start(l.name, ln, l.hs, l.h)
+		}
+	}
 	// The first server to stop (an error, or the shutdown signal) stops all.
 	err = <-errc
 	stopServers()
 	wg.Wait()
-	if e := <-errc; err == nil {
-		err = e
+	for range servers - 1 {
+		if e := <-errc; err == nil {
+			err = e
+		}
 	}
 	// Running builds are interrupted and record it before we exit.
 	stopBuilds()
 	orch.Wait()
 	return err
+}
+
+// serverNames are the names a request's Host may carry (against DNS
+// rebinding): the configured hostname, this machine's name and FQDN,
+// public_url's host and allowed_hosts. localhost and IP addresses always pass.
+func serverNames(ctx context.Context, cfg *config.Config) []string {
+	names := []string{cfg.Hostname}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names = append(names, h)
+	}
+	names = append(names, hostname.FQDN(ctx))
+	if u, err := url.Parse(cfg.PublicURL); err == nil && u.Hostname() != "" {
+		names = append(names, u.Hostname())
+	}
+	return append(names, cfg.AllowedHosts...)
+}
+
+// startTailnet joins the tailnet as the [tailscale] section says.
+func startTailnet(ctx context.Context, cfg *config.Config, log *slog.Logger) (*tailnet.Node, error) {
+	t := cfg.Tailscale
+	authKey := os.Getenv("TS_AUTHKEY")
+	if t.AuthKeyFile != "" {
+		b, err := os.ReadFile(t.AuthKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tailscale auth key: %w", err)
+		}
+		authKey = strings.TrimSpace(string(b))
+	}
+	name := t.Hostname
+	if name == "" {
+		name = cfg.Hostname
+	}
+	stateDir := t.StateDir
+	if stateDir == "" {
+		stateDir = filepath.Join(cfg.DataDir, "tailscale")
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("tailscale state directory: %w", err)
+	}
+	return tailnet.Start(ctx, tailnet.Config{Hostname: name, AuthKey: authKey, StateDir: stateDir, ControlURL: t.ControlURL, Logger: log})
+}
+
+// tailnetAPIServer serves the API on the tailnet listener, marking its
+// requests so the node's WhoIs identifies them.
+func tailnetAPIServer(log *slog.Logger, a *api.Server) *http.Server {
+	hs := stdServer(log, a, a.Close)
+	hs.ConnContext = tailnet.MarkConn
+	return hs
 }
 
 // publicURL is the cache's URL as clients reach it: public_url, or this

@@ -15,7 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/build"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -54,7 +56,10 @@ type Config struct {
 	Fleet *fleet.Service
 	// WebhookSecret is the default secret for push webhooks.
 	WebhookSecret string
-	Logger        *slog.Logger
+	// Auth says who may do what; the zero value is the spec's open reading
+	// with loopback as admin.
+	Auth   AuthConfig
+	Logger *slog.Logger
 }
 
 // Server is the API's http.Handler.
@@ -67,6 +72,8 @@ type Server struct {
 	// closing ends long-lived streams when the server shuts down.
 	closing   chan struct{}
 	closeOnce sync.Once
+	tokens    *auth.Tokens
+	failures  *auth.Limiter
 }
 
 // New builds the API handler.
@@ -77,30 +84,42 @@ func New(cfg Config) *Server {
 	if cfg.CacheRunning == nil {
 		cfg.CacheRunning = func() bool { return false }
 	}
-	s := &Server{cfg: cfg, orch: cfg.Orchestrator, db: cfg.Orchestrator.DB(), log: cfg.Logger, mux: http.NewServeMux(), closing: make(chan struct{})}
-	m := s.mux
+	if cfg.Auth.FailLimit <= 0 {
+		cfg.Auth.FailLimit = 10
+	}
+	if cfg.Auth.FailWindow <= 0 {
+		cfg.Auth.FailWindow = time.Minute
+	}
+	s := &Server{cfg: cfg, orch: cfg.Orchestrator, db: cfg.Orchestrator.DB(), log: cfg.Logger, mux: http.NewServeMux(), closing: make(chan struct{}),
+		failures: auth.NewLimiter(cfg.Auth.FailLimit, cfg.Auth.FailWindow)}
+	s.tokens = &auth.Tokens{DB: s.db}
+	// Every route says what it needs (docs/security.md).
 	// The spec's endpoints.
-	m.HandleFunc("GET /{$}", s.index)
-	m.HandleFunc("GET /builds/{id}", s.buildPage)
-	m.HandleFunc("GET /info", s.info)
-	m.HandleFunc("POST /build/trigger/{repository}", s.specTrigger)
-	m.HandleFunc("GET /build/status/{repository}", s.specStatus)
-	m.HandleFunc("GET /build/logs/{repository}", s.specLogs)
-	m.HandleFunc("GET /health", s.health)
+	s.handle("GET /{$}", accessPublic, s.index)
+	s.handle("GET /builds/{id}", accessPublic, s.buildPage)
+	s.handle("GET /info", accessRead, s.info)
+	s.handle("POST /build/trigger/{repository}", accessTrigger, s.specTrigger)
+	s.handle("GET /build/status/{repository}", accessRead, s.specStatus)
+	s.handle("GET /build/logs/{repository}", accessRead, s.specLogs)
+	s.handle("GET /health", accessPublic, s.health)
 	// The versioned API (docs/api.md).
-	m.HandleFunc("GET /api/v1/repositories", s.listRepositories)
-	m.HandleFunc("GET /api/v1/repositories/{repository}", s.getRepository)
-	m.HandleFunc("GET /api/v1/repositories/{repository}/builds", s.listBuilds)
-	m.HandleFunc("POST /api/v1/repositories/{repository}/builds", s.triggerBuild)
-	m.HandleFunc("GET /api/v1/builds/{id}", s.getBuild)
-	m.HandleFunc("GET /api/v1/builds/{id}/log", s.buildLog)
-	m.HandleFunc("GET /api/v1/builds/{id}/results/{result}/log", s.resultLog)
-	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.cancelBuild)
-	m.HandleFunc("GET /api/v1/workers", s.listWorkers)
-	m.HandleFunc("GET /api/v1/queue", s.queue)
-	m.HandleFunc("GET /api/v1/events", s.events)
-	m.HandleFunc("POST /api/v1/webhooks/{repository}", s.webhook)
-	m.Handle("GET /static/", web.Static())
+	s.handle("GET /api/v1/repositories", accessRead, s.listRepositories)
+	s.handle("GET /api/v1/repositories/{repository}", accessRead, s.getRepository)
+	s.handle("GET /api/v1/repositories/{repository}/builds", accessRead, s.listBuilds)
+	s.handle("POST /api/v1/repositories/{repository}/builds", accessTrigger, s.triggerBuild)
+	s.handle("GET /api/v1/builds/{id}", accessRead, s.getBuild)
+	s.handle("GET /api/v1/builds/{id}/log", accessRead, s.buildLog)
+	s.handle("GET /api/v1/builds/{id}/results/{result}/log", accessRead, s.resultLog)
+	s.handle("POST /api/v1/builds/{id}/cancel", accessTrigger, s.cancelBuild)
+	s.handle("GET /api/v1/workers", accessRead, s.listWorkers)
+	s.handle("GET /api/v1/queue", accessRead, s.queue)
+	s.handle("GET /api/v1/events", accessRead, s.events)
+	s.handle("POST /api/v1/webhooks/{repository}", accessSigned, s.webhook)
+	s.handle("GET /api/v1/whoami", accessPublic, s.whoami)
+	s.handle("GET /api/v1/tokens", accessAdmin, s.listTokens)
+	s.handle("POST /api/v1/tokens", accessAdmin, s.createToken)
+	s.handle("DELETE /api/v1/tokens/{name}", accessAdmin, s.revokeToken)
+	s.mux.Handle("GET /static/", s.guard(accessPublic, web.Static()))
 	if cfg.Fleet != nil {
 		s.registerFleet()
 	}

@@ -10,22 +10,19 @@ import (
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
 )
 
-// HeaderActor names who performs an admin action, for the audit log (the
-// CLI sends the local user name).
-const HeaderActor = "X-Crystal-Forge-Actor"
-
 const maxHeartbeat = 1 << 20
 
 func (s *Server) registerFleet() {
-	m := s.mux
-	m.HandleFunc("POST /api/heartbeat", s.heartbeat)
-	m.HandleFunc("GET /api/v1/hosts", s.listHosts)
-	m.HandleFunc("POST /api/v1/hosts", s.addHost)
-	m.HandleFunc("GET /api/v1/hosts/{host}", s.getHost)
-	m.HandleFunc("POST /api/v1/hosts/{host}/approve", s.approveHost)
-	m.HandleFunc("POST /api/v1/hosts/{host}/target", s.setTarget)
-	m.HandleFunc("POST /api/v1/hosts/{host}/policy", s.setPolicy)
-	m.HandleFunc("GET /api/v1/audit", s.auditLog)
+	s.handle("POST /api/heartbeat", accessSigned, s.heartbeat)
+	s.handle("GET /api/v1/hosts", accessRead, s.listHosts)
+	s.handle("POST /api/v1/hosts", accessAdmin, s.addHost)
+	s.handle("GET /api/v1/hosts/{host}", accessRead, s.getHost)
+	s.handle("POST /api/v1/hosts/{host}/approve", accessAdmin, s.approveHost)
+	s.handle("POST /api/v1/hosts/{host}/target", accessAdmin, s.setTarget)
+	s.handle("POST /api/v1/hosts/{host}/policy", accessAdmin, s.setPolicy)
+	s.handle("DELETE /api/v1/hosts/{host}", accessAdmin, s.removeHost)
+	s.handle("POST /api/v1/hosts/{host}/key", accessAdmin, s.rekeyHost)
+	s.handle("GET /api/v1/audit", accessRead, s.auditLog)
 }
 
 // heartbeat is the seed's POST /api/heartbeat.
@@ -63,8 +60,10 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	w.Write(out)
 }
 
+// actor is who the audit log records: the identity the server
+// established and the connection's address, never a client's claim.
 func (s *Server) actor(r *http.Request) fleet.Actor {
-	return fleet.Actor{Name: r.Header.Get(HeaderActor), Remote: r.RemoteAddr}
+	return fleet.Actor{Name: identity(r).String(), Remote: r.RemoteAddr}
 }
 
 // fleetError maps admin errors to status codes.
@@ -221,4 +220,34 @@ func (s *Server) auditLog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, entries)
+}
+
+func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
+	h := s.hostParam(w, r)
+	if h == nil {
+		return
+	}
+	if err := s.cfg.Fleet.RemoveHost(r.Context(), s.actor(r), h.Name); err != nil {
+		s.fleetError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "removed", "host": h.Name})
+}
+
+func (s *Server) rekeyHost(w http.ResponseWriter, r *http.Request) {
+	h := s.hostParam(w, r)
+	if h == nil {
+		return
+	}
+	var req struct {
+		PublicKey string `json:"public_key"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := s.cfg.Fleet.Rekey(r.Context(), s.actor(r), h.Name, req.PublicKey); err != nil {
+		s.fleetError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": db.HostApproved, "host": h.Name})
 }

@@ -65,7 +65,7 @@ func (s *Server) specTrigger(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "already_running", "repository": repo, "build_id": b.ID})
 		return
 	}
-	s.log.Info("build triggered", "repository", repo, "build", b.ID, "remote", r.RemoteAddr)
+	s.log.Info("build triggered", "repository", repo, "build", b.ID, "remote", r.RemoteAddr, who(r))
 	writeJSON(w, http.StatusOK, map[string]any{"status": "triggered", "repository": repo, "build_id": b.ID})
 }
 

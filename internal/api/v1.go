@@ -123,6 +123,8 @@ func (s *Server) triggerBuild(w http.ResponseWriter, r *http.Request) {
 	code := http.StatusCreated
 	if !created {
 		code = http.StatusConflict
+	} else {
+		s.log.Info("build triggered", "repository", name, "build", b.ID, "remote", r.RemoteAddr, who(r))
 	}
 	writeJSON(w, code, b)
 }
@@ -212,7 +214,7 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	s.log.Info("build cancel requested", "build", b.ID, "remote", r.RemoteAddr)
+	s.log.Info("build cancel requested", "build", b.ID, "remote", r.RemoteAddr, who(r))
 	writeJSON(w, http.StatusAccepted, map[string]any{"status": "cancelling", "build_id": b.ID})
 }
 

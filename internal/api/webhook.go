@@ -4,11 +4,19 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/webhook"
 )
 
-const maxWebhookBody = 4 << 20
+const (
+	maxWebhookBody = 4 << 20
+	// keepDeliveries is how long a delivery id is remembered: providers
+	// redeliver within hours, and a signed body replayed later than this
+	// still only asks to build the branch's current head.
+	keepDeliveries = 7 * 24 * time.Hour
+	maxDeliveryID  = 200
+)
 
 // webhook is POST /api/v1/webhooks/{repository}: a push to the configured
 // branch, signed with the repository's (or the server's) secret, triggers
@@ -45,6 +53,24 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	}
+	// A delivery seen before (a provider's redelivery, or a captured
+	// request replayed) does nothing the second time.
+	if ev.Delivery != "" {
+		if len(ev.Delivery) > maxDeliveryID {
+			writeError(w, http.StatusBadRequest, "delivery id too long")
+			return
+		}
+		fresh, err := s.db.RecordDelivery(r.Context(), ev.Provider, ev.Delivery, name, time.Now(), keepDeliveries)
+		if err != nil {
+			s.internalError(w, r, err)
+			return
+		}
+		if !fresh {
+			s.log.Info("webhook delivery already processed", "repository", name, "provider", ev.Provider, "delivery", ev.Delivery)
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ignored", "reason": "delivery " + ev.Delivery + " already processed"})
+			return
+		}
 	}
 	if !ev.IsPush() {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored", "reason": "event " + ev.Kind})

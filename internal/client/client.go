@@ -13,7 +13,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/crystal-forge/crystal-forge/internal/api"
@@ -26,18 +25,21 @@ import (
 type Client struct {
 	BaseURL string
 	HTTP    *http.Client
-	// Actor names the user in the server's audit log (sent as
-	// X-Crystal-Forge-Actor); New sets it to $USER, else "unknown".
-	Actor string
+	// Token, when set, is sent as Authorization: Bearer. Without one the
+	// server identifies the client by its connection (loopback, tailnet).
+	Token string
 }
 
 // New returns a client of the server at base (http://host:port).
 func New(base string) *Client {
-	actor := os.Getenv("USER")
-	if actor == "" {
-		actor = "unknown"
+	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}}
+}
+
+// authorize adds the token, if any.
+func (c *Client) authorize(req *http.Request) {
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
-	return &Client{BaseURL: strings.TrimSuffix(base, "/"), HTTP: &http.Client{}, Actor: actor}
 }
 
 // ErrUnreachable wraps a request that got no answer from the server
@@ -79,12 +81,12 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if in != nil || method != http.MethodGet {
+		// The server wants JSON on state-changing requests (cross-site
+		// forgery protection), body or not.
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.Actor != "" {
-		req.Header.Set(api.HeaderActor, c.Actor)
-	}
+	c.authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return c.unreachable(ctx, method+" "+path, err)
@@ -162,6 +164,7 @@ func (c *Client) Follow(ctx context.Context, id int64, w io.Writer) (string, err
 		return "", err
 	}
 	req.Header.Set("Accept", "text/event-stream")
+	c.authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return "", c.unreachable(ctx, fmt.Sprintf("follow build %d", id), err)
@@ -222,6 +225,16 @@ func (c *Client) ApproveHost(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/approve", nil)
 }
 
+// RemoveHost deletes a host and its history.
+func (c *Client) RemoveHost(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/hosts/"+url.PathEscape(name), nil)
+}
+
+// RekeyHost gives a host a new agent key (approved).
+func (c *Client) RekeyHost(ctx context.Context, name, publicKey string) error {
+	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/key", map[string]string{"public_key": publicKey}, nil)
+}
+
 // SetTarget gives a host a manual target (its policy becomes manual).
 func (c *Client) SetTarget(ctx context.Context, name, target string) error {
 	return c.doJSON(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(name)+"/target", map[string]string{"target": target}, nil)
@@ -243,4 +256,42 @@ func (c *Client) Audit(ctx context.Context, host string, limit int) ([]*db.Audit
 	}
 	var es []*db.AuditEntry
 	return es, c.do(ctx, http.MethodGet, "/api/v1/audit?"+q.Encode(), &es)
+}
+
+// Tokens lists the server's API tokens (admin).
+func (c *Client) Tokens(ctx context.Context) ([]*db.APIToken, error) {
+	var ts []*db.APIToken
+	return ts, c.do(ctx, http.MethodGet, "/api/v1/tokens", &ts)
+}
+
+// CreatedToken is a new token with its secret, shown once.
+type CreatedToken struct {
+	Token string `json:"token"`
+	db.APIToken
+}
+
+// CreateToken makes a token; expires is "" (never) or a lifetime like "90d".
+func (c *Client) CreateToken(ctx context.Context, name, role, expires string) (*CreatedToken, error) {
+	var t CreatedToken
+	return &t, c.doJSON(ctx, http.MethodPost, "/api/v1/tokens", map[string]string{"name": name, "role": role, "expires": expires}, &t)
+}
+
+// RevokeToken deletes a token.
+func (c *Client) RevokeToken(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil)
+}
+
+// Whoami returns who the server takes this client for.
+func (c *Client) Whoami(ctx context.Context) (*Whoami, error) {
+	var w Whoami
+	return &w, c.do(ctx, http.MethodGet, "/api/v1/whoami", &w)
+}
+
+// Whoami is GET /api/v1/whoami.
+type Whoami struct {
+	Identity string          `json:"identity"`
+	Kind     string          `json:"kind"`
+	Role     string          `json:"role"`
+	Remote   string          `json:"remote"`
+	Can      map[string]bool `json:"can"`
 }

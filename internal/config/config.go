@@ -70,6 +70,10 @@ type Config struct {
 	// FleetEnrolment is what happens when an unknown host heartbeats:
 	// "pending" (recorded, awaiting an admin's approval) or "closed".
 	FleetEnrolment string `toml:"fleet_enrolment"`
+	// MaxPendingHosts caps hosts awaiting approval; EnrolmentsPerHour
+	// bounds first contacts per source address.
+	MaxPendingHosts   int `toml:"max_pending_hosts"`
+	EnrolmentsPerHour int `toml:"enrolments_per_hour"`
 	// Hosts are pre-registered fleet hosts, approved; the file is their
 	// source of truth (re-applied at every start).
 	Hosts []Host `toml:"hosts"`
@@ -89,6 +93,53 @@ type Config struct {
 	// a host under the auto policy is handed a build only once its push
 	// there succeeded. Empty: agents pull from this server's cache.
 	FleetCache string `toml:"fleet_cache"`
+
+	// RequireAuthForRead makes reading the API and page need an identity
+	// (by default reading is open, as in the spec).
+	RequireAuthForRead bool `toml:"require_auth_for_read"`
+	// TrustLoopback makes connections from 127.0.0.1 and ::1 admin
+	// (default true; see docs/security.md for reverse proxies).
+	TrustLoopback bool `toml:"trust_loopback"`
+	// AllowedHosts are extra names the API's Host header may carry, beside
+	// localhost, IP addresses, hostname and this machine's names; "*" turns
+	// the DNS-rebinding check off.
+	AllowedHosts []string `toml:"allowed_hosts"`
+	// MaxConnectionsPerClient bounds the connections one address may hold
+	// open on the API and cache ports; 0 is unbounded.
+	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
+
+	// Tailscale puts the server on a tailnet (docs/security.md).
+	Tailscale Tailscale `toml:"tailscale"`
+	// ACL maps tailnet logins and tags to roles.
+	ACL []ACL `toml:"acl"`
+}
+
+// Tailscale is the [tailscale] section.
+type Tailscale struct {
+	// Enable joins the tailnet as a node of its own (tsnet) and serves the
+	// API and the cache on it.
+	Enable bool `toml:"enable"`
+	// Hostname is the node's name (default: hostname).
+	Hostname string `toml:"hostname"`
+	// AuthKeyFile holds an auth key (default: $TS_AUTHKEY; none needed
+	// once the state is saved).
+	AuthKeyFile string `toml:"auth_key_file"`
+	// StateDir keeps the node's identity (default: <data_dir>/tailscale).
+	StateDir string `toml:"state_dir"`
+	// ControlURL is the coordination server (default Tailscale's; set it
+	// for Headscale).
+	ControlURL string `toml:"control_url"`
+	// TailnetOnly listens on the tailnet and nowhere else.
+	TailnetOnly bool `toml:"tailnet_only"`
+	// UseTailscaled identifies peers that arrive on a system tailscaled's
+	// addresses with its LocalAPI WhoIs.
+	UseTailscaled bool `toml:"use_tailscaled"`
+}
+
+// ACL is one [[acl]] entry: who (a login, "tag:NAME" or "*") gets a role.
+type ACL struct {
+	Match string `toml:"match"`
+	Role  string `toml:"role"`
 }
 
 // Push is a destination builds are pushed to.
@@ -148,6 +199,11 @@ func Default() Config {
 		System:            DefaultSystem(),
 		HomeManagerFlake:  "github:nix-community/home-manager",
 		FleetEnrolment:    "pending",
+		MaxPendingHosts:   100,
+		EnrolmentsPerHour: 10,
+		TrustLoopback:     true,
+		// Nix opens up to 25 connections to a substituter (http-connections).
+		MaxConnectionsPerClient: 64,
 	}
 }
 
@@ -302,6 +358,40 @@ func (c *Config) Validate() error {
 	case "pending", "closed":
 	default:
 		bad("fleet_enrolment", "%q: want pending or closed", c.FleetEnrolment)
+	}
+	if c.MaxPendingHosts < 1 {
+		bad("max_pending_hosts", "%d: must be at least 1 (use fleet_enrolment = \"closed\" to refuse unknown hosts)", c.MaxPendingHosts)
+	}
+	if c.EnrolmentsPerHour < 1 {
+		bad("enrolments_per_hour", "%d: must be at least 1", c.EnrolmentsPerHour)
+	}
+	if c.MaxConnectionsPerClient < 0 {
+		bad("max_connections_per_client", "%d: want 0 (unbounded) or more", c.MaxConnectionsPerClient)
+	}
+	if c.Tailscale.TailnetOnly && !c.Tailscale.Enable {
+		bad("tailscale.tailnet_only", "needs tailscale.enable = true (else nothing would listen)")
+	}
+	if c.Tailscale.Hostname != "" && !fleetproto.ValidHostName(c.Tailscale.Hostname) {
+		bad("tailscale.hostname", "%q is not a host name", c.Tailscale.Hostname)
+	}
+	if u := c.Tailscale.ControlURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+		bad("tailscale.control_url", "%q: want an http(s) URL", u)
+	}
+	for i, a := range c.ACL {
+		key := fmt.Sprintf("acl[%d]", i)
+		if a.Match == "" || strings.ContainsAny(a.Match, " \t") {
+			bad(key+".match", "%q: want a login (alice@example.com), a tag (tag:ci) or \"*\"", a.Match)
+		}
+		switch a.Role {
+		case "read", "trigger", "admin":
+		default:
+			bad(key+".role", "%q: want read, trigger or admin", a.Role)
+		}
+	}
+	for i, h := range c.AllowedHosts {
+		if h != "*" && (h == "" || strings.ContainsAny(h, " \t/:@")) {
+			bad(fmt.Sprintf("allowed_hosts[%d]", i), "%q is not a host name (no port, no scheme)", h)
+		}
 	}
 	// The same checks as the fleet API's, with its functions.
 	seenHost := map[string]bool{}

@@ -32,6 +32,43 @@ func TestDefaults(t *testing.T) {
 	if c.KeyFile != "/var/lib/harmonia/cache-key" {
 		t.Errorf("KeyFile = %q", c.KeyFile)
 	}
+	if !c.TrustLoopback || c.RequireAuthForRead {
+		t.Errorf("auth defaults: trust_loopback %v, require_auth_for_read %v; want true, false", c.TrustLoopback, c.RequireAuthForRead)
+	}
+}
+
+func TestTailscaleSettings(t *testing.T) {
+	c, err := Load(write(t, `
+[tailscale]
+enable = true
+hostname = "forge"
+control_url = "https://headscale.example.com"
+tailnet_only = true
+
+[[acl]]
+match = "alice@example.com"
+role = "admin"
+
+[[acl]]
+match = "tag:ci"
+role = "trigger"
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Tailscale.Enable || c.Tailscale.Hostname != "forge" || !c.Tailscale.TailnetOnly || len(c.ACL) != 2 || c.ACL[1].Match != "tag:ci" || c.ACL[1].Role != "trigger" {
+		t.Errorf("tailscale settings not read: %+v %+v", c.Tailscale, c.ACL)
+	}
+}
+
+func TestAuthSettings(t *testing.T) {
+	c, err := Load(write(t, "trust_loopback = false\nrequire_auth_for_read = true\nallowed_hosts = [\"forge.example.com\"]\n"), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TrustLoopback || !c.RequireAuthForRead || len(c.AllowedHosts) != 1 || c.AllowedHosts[0] != "forge.example.com" {
+		t.Errorf("auth settings not read: %+v", c)
+	}
 }
 
 func TestFileAndEnv(t *testing.T) {
@@ -98,6 +135,14 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"poll", `poll_interval = "10ms"`, nil, "poll_interval"},
 		{"duration", `build_timeout = "soon"`, nil, "build_timeout"},
 		{"parallel", `max_parallel_builds = 0`, nil, "max_parallel_builds"},
+		{"pending cap", `max_pending_hosts = 0`, nil, "max_pending_hosts"},
+		{"enrol rate", `enrolments_per_hour = -1`, nil, "enrolments_per_hour"},
+		{"tailnet only without tailscale", "[tailscale]\ntailnet_only = true", nil, "tailscale.tailnet_only"},
+		{"acl role", "[[acl]]\nmatch = \"*\"\nrole = \"root\"", nil, "acl[0].role"},
+		{"acl match", "[[acl]]\nmatch = \"\"\nrole = \"read\"", nil, "acl[0].match"},
+		{"control url", "[tailscale]\nenable = true\ncontrol_url = \"headscale:8080\"", nil, "tailscale.control_url"},
+		{"allowed host with port", `allowed_hosts = ["forge:8000"]`, nil, "allowed_hosts[0]"},
+		{"allowed host url", `allowed_hosts = ["http://forge"]`, nil, "allowed_hosts[0]"},
 		{"git timeout", `git_timeout = "-1s"`, nil, "git_timeout"},
 		{"public url without scheme", `public_url = "forge.example.com:5000"`, nil, "public_url"},
 		{"public url with a query", `public_url = "http://forge.example.com:5000/?x=1"`, nil, "public_url"},

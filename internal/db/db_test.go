@@ -315,3 +315,98 @@ func TestResultCountsAndLog(t *testing.T) {
 		}
 	})
 }
+
+func TestRecordDelivery(t *testing.T) {
+	forEachDB(t, func(t *testing.T, d *DB) {
+		ctx := context.Background()
+		at := time.Unix(1000, 0)
+		for _, tc := range []struct {
+			provider, id string
+			at           time.Time
+			fresh        bool
+		}{
+			{"github", "d1", at, true},
+			{"github", "d1", at, false},                        // the same delivery again
+			{"gitea", "d1", at, true},                          // ids are per provider
+			{"github", "d1", at.Add(8 * 24 * time.Hour), true}, // forgotten after a week
+		} {
+			fresh, err := d.RecordDelivery(ctx, tc.provider, tc.id, "r", tc.at, 7*24*time.Hour)
+			if err != nil || fresh != tc.fresh {
+				t.Errorf("RecordDelivery(%s, %s, %v) = %v, %v; want %v", tc.provider, tc.id, tc.at, fresh, err, tc.fresh)
+			}
+		}
+	})
+}
+
+func TestTokenStorage(t *testing.T) {
+	forEachDB(t, func(t *testing.T, d *DB) {
+		ctx := context.Background()
+		created := time.UnixMilli(1_700_000_000_000).UTC()
+		exp := created.Add(time.Hour)
+		tok := &APIToken{Name: "ci", LookupID: "0123456789ab", Hash: "ff", Role: "trigger", CreatedBy: "loopback", CreatedAt: created, ExpiresAt: &exp}
+		if err := d.CreateToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.CreateToken(ctx, &APIToken{Name: "ci", LookupID: "ba9876543210", Role: "read", CreatedAt: created}); !errors.Is(err, ErrExists) {
+			t.Fatalf("second token named ci: %v", err)
+		}
+		got, err := d.TokenByLookupID(ctx, "0123456789ab")
+		if err != nil || got.Name != "ci" || got.Hash != "ff" || !got.CreatedAt.Equal(created) || got.ExpiresAt == nil || !got.ExpiresAt.Equal(exp) || got.LastUsedAt != nil {
+			t.Fatalf("TokenByLookupID = %+v, %v", got, err)
+		}
+		if err := d.TouchToken(ctx, "ci", created.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		list, err := d.Tokens(ctx)
+		if err != nil || len(list) != 1 || list[0].LastUsedAt == nil {
+			t.Fatalf("Tokens = %+v, %v", list, err)
+		}
+		if err := d.DeleteToken(ctx, "ci"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.TokenByLookupID(ctx, "0123456789ab"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleted token: %v", err)
+		}
+		if err := d.DeleteToken(ctx, "ci"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleting twice: %v", err)
+		}
+	})
+}
+
+func TestHostDeleteAndKey(t *testing.T) {
+	forEachDB(t, func(t *testing.T, d *DB) {
+		ctx := context.Background()
+		for _, h := range []*Host{{Name: "h1", PublicKey: "k1", Status: HostPending, Policy: PolicyManual}, {Name: "h2", PublicKey: "k2", Status: HostApproved, Policy: PolicyManual}} {
+			if err := d.CreateHost(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, err := d.CountHosts(ctx, HostPending); err != nil || n != 1 {
+			t.Fatalf("CountHosts(pending) = %d, %v", n, err)
+		}
+		if err := d.SetHostKey(ctx, "h1", "k2"); !errors.Is(err, ErrExists) {
+			t.Fatalf("taking h2's key: %v", err)
+		}
+		if err := d.SetHostKey(ctx, "nobody", "k9"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("key of an unknown host: %v", err)
+		}
+		if err := d.SetHostKey(ctx, "h1", "k3"); err != nil {
+			t.Fatal(err)
+		}
+		if h, err := d.Host(ctx, "h1"); err != nil || h.PublicKey != "k3" || h.Status != HostApproved {
+			t.Fatalf("h1 after SetHostKey = %+v, %v", h, err)
+		}
+		if err := d.AddHostEvent(ctx, "h1", "enrolled", "x", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.DeleteHost(ctx, "h1"); err != nil {
+			t.Fatal(err)
+		}
+		if ev, err := d.HostEvents(ctx, "h1", 10); err != nil || len(ev) != 0 {
+			t.Fatalf("events of a deleted host: %d, %v", len(ev), err)
+		}
+		if err := d.DeleteHost(ctx, "h1"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleting twice: %v", err)
+		}
+	})
+}

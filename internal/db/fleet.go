@@ -126,6 +126,62 @@ func (d *DB) Hosts(ctx context.Context) ([]*Host, error) {
 	return out, rows.Err()
 }
 
+// CountHosts counts the hosts with status.
+func (d *DB) CountHosts(ctx context.Context, status string) (int, error) {
+	var n int
+	if err := d.sql.QueryRowContext(ctx, `SELECT COUNT(*) FROM hosts WHERE status = $1`, status).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count hosts: %w", err)
+	}
+	return n, nil
+}
+
+// DeleteHost removes a host and its history (heartbeats, deployments,
+// events); the audit log keeps what was done to it.
+func (d *DB) DeleteHost(ctx context.Context, name string) error {
+	return d.tx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{`DELETE FROM heartbeats WHERE host = $1`, `DELETE FROM deployments WHERE host = $1`, `DELETE FROM host_events WHERE host = $1`} {
+			if _, err := tx.ExecContext(ctx, q, name); err != nil {
+				return fmt.Errorf("delete host %s: %w", name, err)
+			}
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM hosts WHERE name = $1`, name)
+		if err != nil {
+			return fmt.Errorf("delete host %s: %w", name, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+}
+
+// SetHostKey gives a host a new agent key, approved, and forgets the old
+// key's replay counter and hardware fingerprint (they were the old
+// machine's); ErrExists when another host has that key.
+func (d *DB) SetHostKey(ctx context.Context, name, publicKey string) error {
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var other int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM hosts WHERE public_key = $1 AND name <> $2`, publicKey, name).Scan(&other); err != nil {
+			return err
+		}
+		if other > 0 {
+			return ErrExists
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE hosts SET public_key = $1, status = $2, last_ts = 0, fingerprint = '' WHERE name = $3`, publicKey, HostApproved, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExists) {
+		err = fmt.Errorf("set key of host %s: %w", name, err)
+	}
+	return err
+}
+
 // SetHostStatus changes pending/approved.
 func (d *DB) SetHostStatus(ctx context.Context, name, status string) error {
 	return d.execOne(ctx, "set host status", `UPDATE hosts SET status = $1 WHERE name = $2`, status, name)

@@ -104,6 +104,43 @@ func (s *Service) AddHost(ctx context.Context, a Actor, name, publicKey string, 
 	return nil
 }
 
+// RemoveHost deletes a host and its history, e.g. a name squatted by an
+// enrolment that was not the real host's; the real agent then enrols
+// again (or is added with host add).
+func (s *Service) RemoveHost(ctx context.Context, a Actor, name string) error {
+	h, err := s.cfg.DB.Host(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.DB.DeleteHost(ctx, name); err != nil {
+		return err
+	}
+	s.audit(ctx, a, "remove-host", name, fmt.Sprintf("%s, key %s", h.Status, h.PublicKey))
+	return nil
+}
+
+// Rekey gives a host a new agent key (approved): a reinstalled machine, a
+// leaked key, or a name an impostor enrolled first.
+func (s *Service) Rekey(ctx context.Context, a Actor, name, publicKey string) error {
+	pk, err := signing.ParsePublicKey(publicKey)
+	if err != nil {
+		return invalid("public key: %v", err)
+	}
+	h, err := s.cfg.DB.Host(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.DB.SetHostKey(ctx, name, pk.String()); err != nil {
+		return err
+	}
+	if err := s.cfg.DB.AddHostEvent(ctx, name, "rekeyed", fmt.Sprintf("key %s → %s", h.PublicKey, pk), s.now()); err != nil {
+		// The key changed; the event is history, the audit entry below says it too.
+		s.log.Error("record host event", "host", name, "err", err)
+	}
+	s.audit(ctx, a, "rekey", name, fmt.Sprintf("key %s → %s", h.PublicKey, pk))
+	return nil
+}
+
 // Approve admits a host that enrolled on first contact.
 func (s *Service) Approve(ctx context.Context, a Actor, name string) error {
 	h, err := s.cfg.DB.Host(ctx, name)

@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleetproto"
 	"github.com/crystal-forge/crystal-forge/internal/nixstore"
@@ -37,15 +39,21 @@ type Config struct {
 	// FleetCache, when set, is the push destination the agents pull from:
 	// an auto host is handed only a build whose push there succeeded.
 	FleetCache string
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// MaxPending caps hosts awaiting approval (default 100); beyond it
+	// first contacts are refused until an admin approves or removes some.
+	MaxPending int
+	// EnrolPerHour bounds first contacts per source address (default 10).
+	EnrolPerHour int
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // Service handles heartbeats and admin actions.
 type Service struct {
-	cfg Config
-	log *slog.Logger
-	now func() time.Time
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	enrols *auth.Limiter
 }
 
 // New returns a Service.
@@ -59,7 +67,15 @@ func New(cfg Config) *Service {
 	if cfg.Enrolment == "" {
 		cfg.Enrolment = EnrolPending
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 100
+	}
+	if cfg.EnrolPerHour <= 0 {
+		cfg.EnrolPerHour = 10
+	}
+	enrols := auth.NewLimiter(cfg.EnrolPerHour, time.Hour)
+	enrols.Now = cfg.Now
+	return &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now, enrols: enrols}
 }
 
 // ValidHostName reports whether s can name a host (the configuration file
@@ -93,6 +109,9 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	hb, err := fleetproto.DecodeHeartbeat(body, s.cfg.Store.StoreDir())
 	if err != nil {
 		return nil, nil, reject(http.StatusBadRequest, "%v", err)
+	}
+	if err := checkSizes(&hb); err != nil {
+		return nil, nil, err
 	}
 	if err := fleetproto.CheckFresh(hb.Timestamp, now); err != nil {
 		return nil, nil, reject(http.StatusUnauthorized, "stale heartbeat: %v", err)
@@ -178,11 +197,61 @@ func (s *Service) Heartbeat(ctx context.Context, h http.Header, body []byte, rem
 	return out, rh, nil
 }
 
+// Limits on what a heartbeat may store: anything anonymous that reaches
+// the database has a size.
+const (
+	maxFingerprint = 256
+	maxAgent       = 64
+	maxFacts       = 16 << 10
+	maxDeployError = 4 << 10
+	maxDeployField = 300 // status, target, previous (store paths are shorter)
+)
+
+func checkSizes(hb *fleetproto.Heartbeat) error {
+	if len(hb.Fingerprint) > maxFingerprint {
+		return reject(http.StatusBadRequest, "fingerprint longer than %d bytes", maxFingerprint)
+	}
+	if len(hb.Agent) > maxAgent {
+		return reject(http.StatusBadRequest, "agent version longer than %d bytes", maxAgent)
+	}
+	if hb.Facts != nil {
+		if b, err := json.Marshal(hb.Facts); err != nil || len(b) > maxFacts {
+			return reject(http.StatusBadRequest, "facts larger than %d bytes", maxFacts)
+		}
+	}
+	if d := hb.Deployment; d != nil {
+		if len(d.Status) > maxDeployField || len(d.Target) > maxDeployField || len(d.Previous) > maxDeployField {
+			return reject(http.StatusBadRequest, "deployment report fields longer than %d bytes", maxDeployField)
+		}
+		// An activation's error output is worth keeping, its start at least.
+		if len(d.Error) > maxDeployError {
+			d.Error = d.Error[:maxDeployError] + "… (truncated)"
+		}
+	}
+	return nil
+}
+
 func (s *Service) enrol(ctx context.Context, hb fleetproto.Heartbeat, pk *signing.PublicKey, remote string) error {
 	if s.cfg.Enrolment != EnrolPending {
 		return reject(http.StatusForbidden, "unknown host %s: register it first (crystal-forge host add)", hb.Host)
 	}
-	err := s.cfg.DB.CreateHost(ctx, &db.Host{Name: hb.Host, PublicKey: pk.String(), Status: db.HostPending, Policy: db.PolicyManual})
+	// First contact is anonymous: bound how fast and how far it can grow
+	// the table.
+	addr := remoteIP(remote)
+	if blocked, wait := s.enrols.Blocked(addr); blocked {
+		s.log.Warn("enrolment refused: too many from this address", "host", hb.Host, "remote", remote)
+		return reject(http.StatusTooManyRequests, "too many new hosts from %s; try again in %s", addr, wait.Round(time.Second))
+	}
+	n, err := s.cfg.DB.CountHosts(ctx, db.HostPending)
+	if err != nil {
+		return err
+	}
+	if n >= s.cfg.MaxPending {
+		s.log.Warn("enrolment refused: too many pending hosts", "host", hb.Host, "remote", remote, "pending", n)
+		return reject(http.StatusServiceUnavailable, "%d hosts are already waiting for approval: an admin must approve or remove some (crystal-forge host approve|remove)", n)
+	}
+	s.enrols.Fail(addr)
+	err = s.cfg.DB.CreateHost(ctx, &db.Host{Name: hb.Host, PublicKey: pk.String(), Status: db.HostPending, Policy: db.PolicyManual})
 	if errors.Is(err, db.ErrExists) {
 		// Its key belongs to another host already.
 		return reject(http.StatusUnauthorized, "key already registered to another host")
@@ -313,4 +382,12 @@ func (s *Service) verify(ctx context.Context, p string) error {
 		return fmt.Errorf("check %s: %w", p, err)
 	}
 	return nil
+}
+
+// remoteIP is the address part of host:port (the whole string otherwise).
+func remoteIP(remote string) string {
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		return h
+	}
+	return remote
 }

@@ -17,12 +17,14 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/fleet"
@@ -67,6 +69,8 @@ type env struct {
 	api *ts.BuildServer
 	// viaHTTP sends heartbeats through api instead of calling svc.
 	viaHTTP bool
+	// tokens are admin API tokens by name, made on first use.
+	tokens map[string]string
 }
 
 const testRepo = "infra"
@@ -1098,9 +1102,20 @@ func apiCall(t *testing.T, e *env, method, path, actor string, body any, wantCod
 			t.Fatal(err)
 		}
 	}
-	h := http.Header{}
+	h := http.Header{"Content-Type": {"application/json"}}
 	if actor != "" {
-		h.Set("X-Crystal-Forge-Actor", actor)
+		// The audit log names the token the request authenticated with.
+		if e.tokens[actor] == "" {
+			c, err := (&auth.Tokens{DB: e.db}).Create(t.Context(), actor, auth.RoleAdmin, 0, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.tokens == nil {
+				e.tokens = map[string]string{}
+			}
+			e.tokens[actor] = c.Token
+		}
+		h.Set("Authorization", "Bearer "+e.tokens[actor])
 	}
 	code, resp := e.api.Do(t, method, path, data, h)
 	if code != wantCode {
@@ -1229,7 +1244,7 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("audit remote = %q, want the client's address", l.Remote)
 		}
 	}
-	want := []string{"erin:set-policy:chesty", "carol:set-target:chesty", "dave:approve:pending-one", "carol:add-host:chesty"}
+	want := []string{"token:erin:set-policy:chesty", "token:carol:set-target:chesty", "token:dave:approve:pending-one", "token:carol:add-host:chesty"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("audit log = %q, want %q", got, want)
 	}
@@ -1243,11 +1258,45 @@ func TestAdminAPI(t *testing.T) {
 	}
 	apiCall(t, e, "GET", "/api/v1/audit?limit=0", "", nil, 400, nil)
 	apiCall(t, e, "GET", "/api/v1/audit?host=bad.name", "", nil, 400, nil)
-	// Without the actor header the audit log says so.
-	apiCall(t, e, "POST", "/api/v1/hosts/chesty/target", "", map[string]string{"target": c.Top}, 200, nil)
+	// Without a token, the operator on the server itself is "loopback",
+	// whatever a header claims.
+	code, body := e.api.Do(t, "POST", "/api/v1/hosts/chesty/target", []byte(`{"target": "`+c.Top+`"}`),
+		http.Header{"Content-Type": {"application/json"}, "X-Crystal-Forge-Actor": {"mallory"}})
+	if code != 200 {
+		t.Fatalf("set-target from loopback = %d %s", code, body)
+	}
 	apiCall(t, e, "GET", "/api/v1/audit?limit=1", "", nil, 200, &log)
-	if log[0].Actor != "anonymous" {
-		t.Fatalf("actor without the header = %q, want anonymous", log[0].Actor)
+	if log[0].Actor != "loopback" || !strings.HasPrefix(log[0].Remote, "127.0.0.1:") {
+		t.Fatalf("audit entry without a token = %+v, want loopback from 127.0.0.1", log[0])
+	}
+
+	// A token without the admin role changes nothing, even from loopback:
+	// a token sent is the identity.
+	before, err := e.db.Host(t.Context(), "chesty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := (&auth.Tokens{DB: e.db}).Create(t.Context(), "viewer", auth.RoleTrigger, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/api/v1/hosts/chesty/target", "/api/v1/hosts/chesty/policy", "/api/v1/hosts/pending-one/approve", "/api/v1/hosts"} {
+		code, body := e.api.Do(t, "POST", path, []byte(`{"target": "`+c.Middle+`", "policy": "manual"}`),
+			http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer " + ro.Token}})
+		if code != 403 || !strings.Contains(string(body), "this needs admin") {
+			t.Errorf("POST %s with a trigger token = %d %s, want 403", path, code, body)
+		}
+	}
+	after, err := e.db.Host(t.Context(), "chesty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Target != before.Target || after.Policy != before.Policy || !reflect.DeepEqual(after.PolicySetAt, before.PolicySetAt) {
+		t.Errorf("host changed by refused requests: %+v → %+v", before, after)
+	}
+	apiCall(t, e, "GET", "/api/v1/audit?limit=1", "", nil, 200, &log)
+	if log[0].Actor != "loopback" {
+		t.Errorf("refused requests were audited: %+v", log[0])
 	}
 }
 

@@ -66,6 +66,9 @@ type BuildServerConfig struct {
 	// NoLocalBuilder runs no in-process worker: build jobs wait for
 	// workers the test starts.
 	NoLocalBuilder bool
+	// Auth is the API's access control; the zero value trusts loopback,
+	// which every test client is.
+	Auth api.AuthConfig
 	// Logger receives the orchestrator's and the API's log; default the
 	// test's log, warnings and up.
 	Logger *slog.Logger
@@ -158,6 +161,7 @@ func StartBuildServer(t testing.TB, cfg BuildServerConfig) *BuildServer {
 		CacheRunning:  cfg.CacheRunning,
 		WebhookSecret: cfg.WebhookSecret,
 		Fleet:         cfg.Fleet,
+		Auth:          cfg.Auth,
 		Logger:        logger,
 	}))
 	t.Cleanup(srv.Close)

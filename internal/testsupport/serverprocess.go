@@ -142,6 +142,10 @@ type ServerOptions struct {
 	ExtraTOML string
 	// Env is added to the server's environment ("KEY=value").
 	Env []string
+	// Ready, when set, replaces GET /health on loopback as the sign that
+	// the server is up (one listening on the tailnet only has no loopback
+	// port).
+	Ready func(*Server) bool
 	// Args are added to `crystal-forge server --config FILE`.
 	Args []string
 }
@@ -339,12 +343,18 @@ func startServer(t testing.TB, c *ServerConfig) (*Server, error) {
 			return s, fmt.Errorf("crystal-forge server exited before it was ready (%v); stderr:\n%s", s.werr, tailString(s.Stderr(), 4000))
 		default:
 		}
-		resp, err := client.Get(s.URL + "/health")
-		if err == nil {
+		var err error
+		if ready := c.opts.Ready; ready != nil {
+			if ready(s) {
+				return s, nil
+			}
+		} else if resp, gerr := client.Get(s.URL + "/health"); gerr == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return s, nil
 			}
+		} else {
+			err = gerr
 		}
 		if time.Now().After(deadline) {
 			s.Kill(t)

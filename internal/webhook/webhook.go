@@ -26,6 +26,10 @@ type Event struct {
 	Kind     string // push, ping, or the provider's event name
 	Ref      string // refs/heads/<branch> for pushes
 	After    string // the pushed commit
+	// Delivery is the provider's id of this delivery (X-GitHub-Delivery,
+	// X-Gitea-Delivery, X-Forgejo-Delivery, X-Gitlab-Event-UUID); a
+	// redelivery or a replay carries the same one. "" when not sent.
+	Delivery string
 }
 
 // IsPush reports whether the event is a push.
@@ -56,14 +60,19 @@ func Verify(h http.Header, body []byte, secret string) (*Event, error) {
 		}
 		e.Provider = "gitlab"
 		e.Kind = h.Get("X-Gitlab-Event")
+		e.Delivery = h.Get("X-Gitlab-Event-UUID")
 		if e.Kind == "Push Hook" {
 			e.Kind = "push"
 		}
 	case h.Get("X-Forgejo-Event") != "" || h.Get("X-Gitea-Event") != "":
 		e.Provider, e.Kind = "gitea", h.Get("X-Gitea-Event")
+		e.Delivery = h.Get("X-Gitea-Delivery")
 		sig := h.Get("X-Gitea-Signature")
 		if h.Get("X-Forgejo-Event") != "" {
 			e.Provider, e.Kind = "forgejo", h.Get("X-Forgejo-Event")
+			if d := h.Get("X-Forgejo-Delivery"); d != "" {
+				e.Delivery = d
+			}
 			if s := h.Get("X-Forgejo-Signature"); s != "" {
 				sig = s
 			}
@@ -73,6 +82,7 @@ func Verify(h http.Header, body []byte, secret string) (*Event, error) {
 		}
 	case h.Get("X-GitHub-Event") != "":
 		e.Provider, e.Kind = "github", h.Get("X-GitHub-Event")
+		e.Delivery = h.Get("X-GitHub-Delivery")
 		sig, ok := strings.CutPrefix(h.Get("X-Hub-Signature-256"), "sha256=")
 		if !ok || !validHMAC(body, secret, sig) {
 			return nil, ErrBadSignature

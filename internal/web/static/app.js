@@ -30,8 +30,106 @@ const counts = (b) => {
     el("span", { class: "skipped" }, `${c.skipped} skipped`));
 };
 
+// The visitor's API token, if they gave one: kept in this browser only,
+// sent as Bearer (docs/security.md).
+const TOKEN_KEY = "crystal-forge-token";
+const token = () => localStorage.getItem(TOKEN_KEY) || "";
+// can is what the visitor's role allows (GET /api/v1/whoami); the page
+// offers only those buttons.
+let can = { read: true, trigger: false, admin: false };
+
+function authHeaders(h = {}) {
+  const t = token();
+  return t ? { ...h, Authorization: `Bearer ${t}` } : h;
+}
+
+// api is fetch with the server's requirements: the token, and a JSON
+// content type on state-changing requests (its cross-site forgery
+// protection).
+function api(url, opts = {}) {
+  const headers = authHeaders({ ...(opts.headers || {}) });
+  if (opts.method && opts.method !== "GET") headers["Content-Type"] = "application/json";
+  return fetch(url, { ...opts, headers });
+}
+
+// stream reads a text/event-stream with fetch, because EventSource cannot
+// send the token. Like EventSource it reconnects (after 3 s) unless closed.
+function stream(url, { onopen, onerror, on }) {
+  const ctl = new AbortController();
+  let closed = false;
+  (async () => {
+    while (!closed) {
+      try {
+        const r = await fetch(url, { headers: authHeaders({ Accept: "text/event-stream" }), signal: ctl.signal });
+        if (r.status >= 400 && r.status < 500) {
+          // Refused (401, 403, 404): retrying will not help; EventSource
+          // gives up too.
+          if (onerror) onerror();
+          return;
+        }
+        if (!r.ok) throw new Error(`${url}: ${r.status}`);
+        if (onopen) onopen();
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "", ev = "message", data = [];
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          for (let i; (i = buf.indexOf("\n")) >= 0;) {
+            const line = buf.slice(0, i);
+            buf = buf.slice(i + 1);
+            if (line === "") {
+              if (data.length && on[ev] && !closed) on[ev]({ data: data.join("\n") });
+              ev = "message"; data = [];
+            } else if (line.startsWith("event: ")) ev = line.slice(7);
+            else if (line.startsWith("data: ")) data.push(line.slice(6));
+            else if (line === "data:") data.push("");
+          }
+        }
+      } catch (e) { if (closed) return; }
+      if (closed) return;
+      if (onerror) onerror();
+      await new Promise((res) => setTimeout(res, 3000));
+    }
+  })();
+  return { close() { closed = true; ctl.abort(); } };
+}
+
+async function whoami() {
+  const r = await api("/api/v1/whoami");
+  const w = await r.json();
+  const err = $("#token-error");
+  if (!r.ok) {
+    // A bad, expired or revoked token: say so and carry on without it.
+    err.textContent = `Token refused: ${w.detail || r.status}`;
+    err.hidden = false;
+    localStorage.removeItem(TOKEN_KEY);
+    return whoami();
+  }
+  can = w.can;
+  $("#whoami").textContent = w.identity;
+  $("#whoami-role").textContent = w.kind === "anonymous" ? (can.read ? "(read only)" : "(a token is needed to read)") : `(role ${w.role})`;
+  $("#token-forget").hidden = !token();
+  document.body.classList.toggle("can-trigger", can.trigger);
+  document.body.classList.toggle("can-admin", can.admin);
+}
+
+$("#token-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const v = $("#token-input").value.trim();
+  if (!v) return;
+  localStorage.setItem(TOKEN_KEY, v);
+  $("#token-input").value = "";
+  $("#token-error").hidden = true;
+  await start();
+});
+$("#token-forget").addEventListener("click", async () => {
+  localStorage.removeItem(TOKEN_KEY);
+  await start();
+});
+
 async function getJSON(url, opts) {
-  const r = await fetch(url, opts);
+  const r = await api(url, opts);
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
 }
@@ -52,11 +150,11 @@ function card(repo) {
       el("dt", {}, "Duration"), el("dd", { class: "duration" }, duration(b)),
       el("dt", {}, "Attributes"), el("dd", { class: "attributes" }, b ? counts(b) : "—")),
     b && b.error ? el("div", { class: "error build-error" }, b.error) : "",
-    el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build"),
+    can.trigger ? el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build") : "",
     " ",
     b ? el("button", { class: "secondary show-log", type: "button", onclick: () => selectBuild(repo.name, b.id) }, "Show log") : "",
     el("ul", { class: "history" }));
-  if (b && (b.status === "running" || b.status === "queued")) $(".trigger", c).disabled = true;
+  if (can.trigger && b && (b.status === "running" || b.status === "queued")) $(".trigger", c).disabled = true;
   loadHistory(repo.name, $(".history", c));
   return c;
 }
@@ -104,7 +202,7 @@ async function showBuild(id) {
     el("span", { class: `status ${b.status}`, id: "build-status" }, b.status), " ",
     `commit ${b.short_commit || "—"} · ${b.reason} · started ${fmtTime(b.started_at)} · ${duration(b)}`,
     b.error ? el("span", { class: "error" }, ` · ${b.error}`) : "");
-  $("#cancel-build").hidden = !(b.status === "running" || b.status === "queued");
+  $("#cancel-build").hidden = !can.trigger || !(b.status === "running" || b.status === "queued");
   $("#build-counts").replaceChildren(counts(b));
   // Each attribute links to its own part of the log; a failed one shows
   // Nix's error, its derivation and the last lines of its log in place.
@@ -153,21 +251,25 @@ function selectBuild(repo, id, push = true) {
   log.textContent = "";
   if (logSource) logSource.close();
   // The log streams line by line while the build runs; "end" closes it.
-  logSource = new EventSource(`/api/v1/builds/${id}/log?follow=1`);
-  // Every connection streams the log from its start, so when the browser
-  // reconnects (the server restarted) start over instead of appending it twice.
-  logSource.onopen = () => { log.textContent = ""; };
-  logSource.addEventListener("line", (e) => {
-    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.append(e.data + "\n");
-    if (atBottom) log.scrollTop = log.scrollHeight;
+  // Every connection streams the log from its start, so when it reconnects
+  // (the server restarted) start over instead of appending it twice.
+  const src = stream(`/api/v1/builds/${id}/log?follow=1`, {
+    onopen: () => { log.textContent = ""; },
+    on: {
+      line: (e) => {
+        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.append(e.data + "\n");
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      },
+      end: () => { src.close(); if (logSource === src) logSource = null; showBuild(id).catch(console.warn); },
+    },
   });
-  logSource.addEventListener("end", () => { logSource.close(); logSource = null; showBuild(id).catch(console.warn); });
+  logSource = src;
 }
 
 $("#cancel-build").addEventListener("click", async () => {
   if (!selected) return;
-  await fetch(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
+  await api(`/api/v1/builds/${selected.id}/cancel`, { method: "POST" });
 });
 
 // Snippet buttons copy the text of the element their data-copy names.
@@ -202,7 +304,7 @@ const policyText = (h) => (h.policy === "auto" ? `auto (${h.repository}#${h.conf
 
 function hostRow(h) {
   const status = el("td", { class: "status" }, el("span", { class: `status ${h.status}` }, h.status));
-  if (h.status === "pending") {
+  if (h.status === "pending" && can.admin) {
     status.append(" ", el("button", { class: "approve", type: "button", onclick: (e) => approve(h.name, e.currentTarget) }, "Approve"));
   }
   const desired = pathCell("desired", h.desired);
@@ -227,7 +329,7 @@ function hostRow(h) {
 let hostsSeq = 0;
 async function refreshHosts() {
   const seq = ++hostsSeq;
-  const r = await fetch("/api/v1/hosts");
+  const r = await api("/api/v1/hosts");
   if (r.status === 404) { $("#fleet").hidden = true; return; } // a server without a fleet
   if (!r.ok) throw new Error(`/api/v1/hosts: ${r.status}`);
   const hosts = await r.json();
@@ -249,7 +351,7 @@ function refreshHostsSoon() {
 async function approve(name, btn) {
   btn.disabled = true;
   try {
-    const r = await fetch(`/api/v1/hosts/${encodeURIComponent(name)}/approve`, { method: "POST", headers: { "X-Crystal-Forge-Actor": "web-page" } });
+    const r = await api(`/api/v1/hosts/${encodeURIComponent(name)}/approve`, { method: "POST" });
     if (!r.ok) throw new Error(`${r.status} ${(await r.json().catch(() => ({}))).detail || ""}`);
   } catch (e) { btn.disabled = false; alert(`Approve ${name} failed: ${e.message}`); }
   await refreshHosts().catch(console.warn);
@@ -284,6 +386,7 @@ async function refreshWorkers() {
   const seq = ++workersSeq;
   const [workers, queue] = await Promise.all([getJSON("/api/v1/workers"), getJSON("/api/v1/queue")]);
   if (seq !== workersSeq) return;
+  $("#workers-section").hidden = false;
   $("#queue-summary").textContent = `${workers.filter((w) => w.alive).length} online · ${queue.running} job${queue.running === 1 ? "" : "s"} running · ${queue.queued} queued`;
   $("#workers").replaceChildren(...(workers.length ? workers.map(workerRow)
     : [el("tr", { class: "empty-row" }, el("td", { colspan: "6", class: "empty" }, "No workers: start crystal-forge builder, or the server without --no-local-builder."))]));
@@ -296,16 +399,21 @@ function refreshWorkersSoon() {
   if (!workersSoon) workersSoon = setTimeout(() => { workersSoon = null; refreshWorkers().catch(console.warn); }, 300);
 }
 
+let events = null;
 function connect() {
-  const es = new EventSource("/api/v1/events");
-  es.onopen = () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); };
-  es.onerror = () => { document.body.classList.remove("connected"); $("#live-text").textContent = "reconnecting…"; };
-  es.addEventListener("build", (e) => {
-    const ev = JSON.parse(e.data);
-    refreshRepo(ev.repository).catch(console.warn);
-    refreshHostsSoon();
-    refreshWorkersSoon();
-    if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
+  if (events) events.close();
+  events = stream("/api/v1/events", {
+    onopen: () => { document.body.classList.add("connected"); $("#live-text").textContent = "live"; refreshAll().catch(console.warn); refreshHostsSoon(); },
+    onerror: () => { document.body.classList.remove("connected"); $("#live-text").textContent = "reconnecting…"; },
+    on: {
+      build: (e) => {
+        const ev = JSON.parse(e.data);
+        refreshRepo(ev.repository).catch(console.warn);
+        refreshHostsSoon();
+        refreshWorkersSoon();
+        if (selected && selected.id === ev.build_id) showBuild(ev.build_id).catch(console.warn);
+      },
+    },
   });
 }
 
@@ -316,12 +424,27 @@ async function openFromURL() {
   const b = await getJSON(`/api/v1/builds/${m[1]}`);
   selectBuild(b.repository, b.id, false);
 }
-window.addEventListener("popstate", () => openFromURL().catch(console.warn));
+window.addEventListener("popstate", () => { if (can.read) openFromURL().catch(console.warn); });
 
-refreshAll().catch(console.warn);
-openFromURL().catch(console.warn);
-refreshHosts().catch(console.warn);
-setInterval(() => refreshHosts().catch(console.warn), 10000);
-refreshWorkers().catch(console.warn);
-setInterval(() => refreshWorkers().catch(console.warn), 5000);
-connect();
+// start (again, after the token changed): who is this, then everything
+// drawn for that role.
+async function start() {
+  await whoami().catch(console.warn);
+  if (!can.read) {
+    $("#repositories").replaceChildren(el("p", { class: "empty" }, "Reading needs a token on this server: enter one above."));
+    $("#fleet").hidden = true;
+    $("#workers-section").hidden = true;
+    if (events) { events.close(); events = null; }
+    return;
+  }
+  if (selected) selectBuild(selected.repo, selected.id, false);
+  else openFromURL().catch(console.warn);
+  refreshAll().catch(console.warn);
+  refreshHosts().catch(console.warn);
+  refreshWorkers().catch(console.warn);
+  connect();
+}
+
+start();
+setInterval(() => { if (can.read) refreshHosts().catch(console.warn); }, 10000);
+setInterval(() => { if (can.read) refreshWorkers().catch(console.warn); }, 5000);
