@@ -293,22 +293,29 @@ func TestWebPageWorkersQueue(t *testing.T) {
 	}
 }
 
-// TestBuildersOwnStores: two builders, each with a Nix store of its own as
-// on separate machines (Debian's Nix builds into a chroot store: `store =
-// DIR`, with the sandbox and `sandbox-paths`), build a flake for a server
-// on PostgreSQL, and push what they built to the server's cache with its
-// upload token. No output is in this machine's store; a Nix client with a
-// fresh store of its own copies every output that built from the server's
-// cache, trusting only the server's key, and finds what was built.
+// TestBuildersOwnStores is the issue's end-to-end scenario: a server on
+// PostgreSQL and two builders, each with a Nix store of its own as on
+// separate machines (Debian's Nix builds into a chroot store: `store =
+// DIR`, with the sandbox and `sandbox-paths`), build a flake of six
+// attributes (one failing, one that does not evaluate) and push what they
+// built to the server's cache with its upload token. The builder running
+// one attribute is SIGKILLed mid-job and the other builds it again. Every
+// attribute ends with the right outcome exactly once on the spec's API, on
+// the page and in the database; no output is in this machine's store, and
+// a Nix client with a fresh store of its own copies every output that
+// built from the server's cache, trusting only the server's key.
 func TestBuildersOwnStores(t *testing.T) {
 	testsupport.RequireNix(t)
 	requireGit(t)
+	testsupport.RequireChromium(t)
 	nonce := testsupport.Nonce()
+	blocker := testsupport.NewBlocker(t, "block")
 	flake := testsupport.Flake{System: config.DefaultSystem(), Nonce: nonce,
 		Packages: []testsupport.FlakePackage{
-			testsupport.GoodPackage("alpha", 0), testsupport.FailingPackage("bad"), testsupport.GoodPackage("zeta", 0),
+			testsupport.GoodPackage("alpha", 0), testsupport.FailingPackage("bad"), blocker.Package(), testsupport.GoodPackage("zeta", 0),
 		},
-		Checks: []testsupport.FlakePackage{testsupport.GoodPackage("lint", 0)},
+		Checks:     []testsupport.FlakePackage{testsupport.GoodPackage("lint", 0)},
+		EvalErrors: []string{"broken"},
 	}
 	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": flake.Nix()})
 	dir := t.TempDir()
@@ -322,27 +329,126 @@ func TestBuildersOwnStores(t *testing.T) {
 	})
 	writeFile(t, netrc, "machine 127.0.0.1\nlogin builder\npassword s3cret-upload-token\n")
 	// A chroot store is built in with the sandbox: the builders' /bin/sh
-	// comes from sandbox-paths.
-	storeConfig := func(store string) string {
-		return "NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nstore = " + store +
-			"\nsandbox = true\nsandbox-paths = /bin /usr /lib /lib64"
-	}
+	// comes from sandbox-paths, and the blocker's directory is let in.
+	storeOf := func(name string) string { return filepath.Join(dir, "store-"+name) }
+	builders := map[string]*testsupport.Builder{}
 	for _, name := range []string{"b1", "b2"} {
-		testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: name, Lease: 3 * time.Second,
-			PushTo: s.CacheURL, PushNetrc: netrc, Env: []string{storeConfig(filepath.Join(dir, "store-"+name))}})
+		builders[name] = testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: dsn, Name: name, Lease: 3 * time.Second,
+			PushTo: s.CacheURL, PushNetrc: netrc, Env: []string{"NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nstore = " +
+				storeOf(name) + "\nsandbox = true\nsandbox-paths = /bin /usr /lib /lib64 " + blocker.Dir}})
 	}
 
 	id := triggerProcess(t, s, "app")
-	b := testsupport.WaitBuildEnded(t, s, id, db.StatusFailed)
-	if want := "1 of 5 attributes failed: bad (package)"; b.Error != want {
-		t.Fatalf("build error = %q, want %q; log:\n%s", b.Error, want, s.Log(t, id))
+	blocker.WaitStarted(t, s, id)
+	var victim string
+	testsupport.WaitUntil(t, "the queue to show who builds block", func() bool {
+		victim = runningOn(t, s, id, "block")
+		return victim != ""
+	})
+	survivor := map[string]string{"b1": "b2", "b2": "b1"}[victim]
+	// The blocker's pid is the sandbox's own: follow the killed builder's
+	// processes from outside instead.
+	procs := builders[victim].Descendants()
+	if len(procs) == 0 {
+		t.Fatalf("builder %s runs block but has no processes below it", victim)
 	}
+	builders[victim].Signal(t, syscall.SIGKILL)
+	builders[victim].Wait(t)
+	testsupport.WaitUntil(t, "the killed builder's build to stop", func() bool {
+		for _, p := range procs {
+			if testsupport.ProcessAlive(p) {
+				return false
+			}
+		}
+		return true
+	})
+	blocker.Release(t)
+
+	b := testsupport.WaitBuildEnded(t, s, id, db.StatusFailed)
+	log := s.Log(t, id)
+	want := map[string]string{"checks": db.ResultFailed, "checks.lint": db.ResultSuccess, "alpha": db.ResultSuccess,
+		"bad": db.ResultFailed, "block": db.ResultSuccess, "broken": db.ResultFailed, "zeta": db.ResultSuccess}
+	seen := map[string]int{}
+	for _, r := range b.Results {
+		seen[r.Attr]++
+		if r.Status != want[r.Attr] {
+			t.Errorf("result %s = %s (%s), want %s", r.Attr, r.Status, r.Error, want[r.Attr])
+		}
+	}
+	for attr := range want {
+		if seen[attr] != 1 {
+			t.Errorf("attribute %s has %d results, want exactly 1; results %+v", attr, seen[attr], b.Results)
+		}
+	}
+	if len(b.Results) != len(want) {
+		t.Errorf("%d results, want %d: %+v", len(b.Results), len(want), b.Results)
+	}
+	if want := "3 of 7 attributes failed: checks (check), broken (package), bad (package)"; b.Error != want {
+		t.Errorf("build error = %q, want %q; log:\n%s", b.Error, want, log)
+	}
+	// Each output that built was pushed once, by the builder that
+	// recorded it.
+	for attr, status := range want {
+		n := strings.Count(log, "Pushing 1 outputs of "+attr+" to "+s.CacheURL)
+		if wantN := map[bool]int{true: 1, false: 0}[status == db.ResultSuccess]; n != wantN {
+			t.Errorf("the log says %s was pushed %d times, want %d:\n%s", attr, n, wantN, log)
+		}
+	}
+	if n := strings.Count(log, "Successfully built package block"); n != 1 {
+		t.Errorf("the log says block was built %d times, want 1:\n%s", n, log)
+	}
+
+	// The spec's API.
+	var st map[string]any
+	s.GetJSON(t, "/build/status/app", &st)
+	if st["last_status"] != "failed" || st["is_running"] != false || st["last_commit"] != b.ShortCommit {
+		t.Errorf("/build/status/app = %v, want failed at %s and not running", st, b.ShortCommit)
+	}
+	lines := strings.Join(logLines(t, s, "app"), "\n")
+	for _, w := range []string{"Successfully built package block", "fixture package broken does not evaluate",
+		"bad> fixture package bad fails on purpose", "Pushing 1 outputs of block to " + s.CacheURL} {
+		if !strings.Contains(lines, w) {
+			t.Errorf("/build/logs/app does not say %q:\n%s", w, lines)
+		}
+	}
+
+	// The jobs: block was lost with the killed builder and built by the
+	// other, on its second attempt, and recorded once.
+	database, err := db.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := database.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	jobs, err := database.BuildJobs(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		switch {
+		case !j.State.Done():
+			t.Errorf("job %d (%s) is %s after the build ended", j.ID, j.Attr, j.State)
+		case j.Attr == "block" && (j.State != db.JobSucceeded || j.Worker != survivor || j.Attempts != 2):
+			t.Errorf("job block = %+v, want succeeded on %s at attempt 2", j, survivor)
+		case j.Attr != "block" && j.Attempts != 1:
+			t.Errorf("job %d (%s %s) took %d attempts, want 1", j.ID, j.Kind, j.Attr, j.Attempts)
+		}
+	}
+	if len(jobs) != 6 {
+		t.Errorf("%d jobs, want the evaluation and 5 attributes (broken does not evaluate): %+v", len(jobs), jobs)
+	}
+
+	// The outputs: in the builders' stores, not this machine's, and in the
+	// server's cache only because the builders pushed them.
 	var info struct {
 		PublicKey string `json:"public_key"`
 	}
 	s.GetJSON(t, "/info", &info)
 	client := filepath.Join(dir, "client-store")
-	pushed := 0
+	copied := 0
 	for _, r := range b.Results {
 		if r.Status != db.ResultSuccess || len(r.OutPaths) == 0 {
 			continue
@@ -350,6 +456,11 @@ func TestBuildersOwnStores(t *testing.T) {
 		out := r.OutPaths[0]
 		if _, err := os.Stat(out); !os.IsNotExist(err) {
 			t.Errorf("%s: %s is in this machine's store (%v): the builders were to build in stores of their own", r.Attr, out, err)
+		}
+		if r.Attr == "block" {
+			if _, err := os.Stat(filepath.Join(storeOf(survivor), out)); err != nil {
+				t.Errorf("block's output is not in the store of %s, which built it: %v", survivor, err)
+			}
 		}
 		cmd := exec.CommandContext(t.Context(), "nix", "copy", "--from", s.CacheURL, out)
 		cmd.Env = append(os.Environ(), "NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nstore = "+client+
@@ -363,13 +474,33 @@ func TestBuildersOwnStores(t *testing.T) {
 		if err != nil || string(data) != name+" "+nonce+"\n" {
 			t.Errorf("%s copied from the cache holds %q (%v), want %q", r.Attr, data, err, name+" "+nonce+"\n")
 		}
-		pushed++
+		copied++
 	}
-	if pushed != 3 {
-		t.Errorf("%d outputs came from the cache, want alpha, zeta and checks.lint; results %+v", pushed, b.Results)
+	if copied != 4 {
+		t.Errorf("%d outputs came from the cache, want alpha, block, zeta and checks.lint; results %+v", copied, b.Results)
 	}
-	if log := s.Log(t, id); !strings.Contains(log, "Pushing 1 outputs of alpha to "+s.CacheURL) {
-		t.Errorf("the log does not say alpha was pushed:\n%s", log)
+
+	// The page: the build's results, each attribute once with its outcome.
+	br := testsupport.NewBrowser(t)
+	ctx, cancel := context.WithTimeout(br.Ctx, 90*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/builds/%d", s.URL, id)), chromedp.WaitVisible(chromedp.ID("build-detail"))); err != nil {
+		t.Fatalf("load the build's page: %v", err)
+	}
+	expr := fmt.Sprintf(`document.querySelector("#build-title")?.textContent.endsWith("build #%d")
+		&& document.querySelector("#build-status")?.textContent === "failed"`, id)
+	for attr, status := range want {
+		expr += fmt.Sprintf(`
+		&& document.querySelectorAll('#results tr[data-attr="%s"]').length === 1
+		&& document.querySelector('#results tr[data-attr="%s"] td:nth-child(3)')?.textContent === %q`, attr, attr, status)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
+		t.Fatalf("waiting for the page to show every attribute's outcome once (%s): %v\nbuild: %q", expr, err,
+			jsString(ctx, `document.querySelector("#build-detail").innerText`))
+	}
+	if ex := br.Exceptions(); len(ex) > 0 {
+		t.Errorf("the page threw: %q", ex)
 	}
 }
 

@@ -119,5 +119,9 @@ func (b *Builder) Wait(t testing.TB) int {
 	return b.state.ExitCode()
 }
 
+// Descendants returns the processes below the builder (its nix and the
+// builds nix runs), from /proc.
+func (b *Builder) Descendants() []int { return procDescendants(b.Cmd.Process.Pid) }
+
 // Logged reports whether the builder's log has a line containing s.
 func (b *Builder) Logged(s string) bool { return strings.Contains(b.Stderr(), s) }
