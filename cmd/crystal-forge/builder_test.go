@@ -504,6 +504,62 @@ func TestBuildersOwnStores(t *testing.T) {
 	}
 }
 
+// TestBuilderRemoteBuilders: a builder whose Nix has remote builders of
+// its own (`builders = …` in its NIX_CONFIG) builds through them. The
+// remote machine is a chroot store on this machine (`local?root=DIR`,
+// which Nix's build hook opens like any store URI, as it would
+// `ssh-ng://host`), and `max-jobs = 0` forbids local builds, so an
+// attribute can only build by going through it: its outputs are in the
+// remote store and Nix's log says where it built.
+func TestBuilderRemoteBuilders(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	nonce := testsupport.Nonce()
+	src := testsupport.NewGitRepo(t, map[string]string{"flake.nix": testsupport.Flake{System: config.DefaultSystem(), Nonce: nonce,
+		Packages: []testsupport.FlakePackage{testsupport.GoodPackage("alpha", 0), testsupport.GoodPackage("zeta", 0)}}.Nix()})
+	s := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: "app", URL: src}},
+		Args:         []string{"--no-local-builder"},
+	})
+	remote := filepath.Join(t.TempDir(), "remote")
+	machine := "local?root=" + remote
+	// Nix always builds in the sandbox of a chroot store, even with
+	// `sandbox = false`: /bin/sh comes from sandbox-paths.
+	testsupport.StartBuilder(t, testsupport.BuilderOptions{DB: filepath.Join(s.Config.DataDir, "crystal-forge.db"), Name: "remotes", Lease: 3 * time.Second,
+		Env: []string{"NIX_CONFIG=experimental-features = nix-command flakes\nsubstituters =\nsandbox = false\nmax-jobs = 0\nbuilders = " +
+			machine + " " + config.DefaultSystem() + " - 1\nsandbox-paths = /bin /usr /lib /lib64"}})
+
+	id := triggerProcess(t, s, "app")
+	b := testsupport.WaitBuildSucceeded(t, s, id)
+	log := s.Log(t, id)
+	built := 0
+	for _, r := range b.Results {
+		if r.Kind != "package" {
+			continue
+		}
+		if r.Status != db.ResultSuccess || len(r.OutPaths) != 1 {
+			t.Errorf("result %s = %s %v, want success with one output", r.Attr, r.Status, r.OutPaths)
+			continue
+		}
+		out := r.OutPaths[0]
+		data, err := os.ReadFile(filepath.Join(remote, out))
+		if err != nil || string(data) != r.Attr+" "+nonce+"\n" {
+			t.Errorf("%s: %s in the remote builder's store holds %q (%v), want %q", r.Attr, out, data, err, r.Attr+" "+nonce+"\n")
+		}
+		// Nix copied the output back to the builder's own store.
+		if _, err := os.Stat(out); err != nil {
+			t.Errorf("%s: the output is not in the builder's store: %v", r.Attr, err)
+		}
+		if want := "building '" + r.DrvPath + "' on '" + machine + "'"; !strings.Contains(log, want) {
+			t.Errorf("the log does not say %q:\n%s", want, log)
+		}
+		built++
+	}
+	if built != 2 {
+		t.Errorf("%d packages built, want alpha and zeta: %+v", built, b.Results)
+	}
+}
+
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
