@@ -18,7 +18,8 @@ func TestViaTailscaled(t *testing.T) {
 		{"100.101.102.103:8000", true},
 		{"[fd7a:115c:a1e0::1]:8000", true},
 		{"192.168.1.2:8000", false},
-		{"127.0.0.1:8000", false},
+		{"127.0.0.1:8000", true}, // tailscaled's userspace netstack forwards to loopback
+		{"[::1]:8000", true},
 		{"", false},
 	} {
 		ctx := context.Background()
