@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the programs the tests and benchmarks drive for real: Nix (the
 # client and builder), git, xz, Chromium, PostgreSQL, the Versity S3 Gateway (an S3
-# server, built from the Go module proxy into $(go env GOPATH)/bin); for
+# server) and tailscaled with its CLI (both built from the Go module proxy
+# into $(go env GOPATH)/bin); for
 # benchmarks wrk, nginx, hyperfine. Only what is
 # missing is installed; apt-get runs only when something is. Then makes Nix
 # usable (scripts/setup-nix.sh).
@@ -48,6 +49,14 @@ gobin=$(GOTOOLCHAIN=local go env GOBIN)
 if ! command -v versitygw >/dev/null 2>&1 && [ ! -x "$gobin/versitygw" ]; then
 	echo "install-deps: installing versitygw $versitygw_version into $gobin"
 	GOTOOLCHAIN=local GOBIN="$gobin" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"
+fi
+
+# A real tailscaled and its CLI, for the test of use_tailscaled
+# (TestTailscaled): go.mod's version of tailscale.com, from the module proxy.
+tailscale_version=$(cd "$(dirname "$0")/.." && GOTOOLCHAIN=local go list -m -f '{{.Version}}' tailscale.com)
+if [ ! -x "$gobin/tailscaled" ] || [ ! -x "$gobin/tailscale" ]; then
+	echo "install-deps: installing tailscaled and tailscale $tailscale_version into $gobin"
+	GOTOOLCHAIN=local GOBIN="$gobin" go install "tailscale.com/cmd/tailscaled@$tailscale_version" "tailscale.com/cmd/tailscale@$tailscale_version"
 fi
 
 # Debian's nix-bin leaves no build users and no Nix database: set them up.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/crystal-forge/crystal-forge/internal/api"
 	"github.com/crystal-forge/crystal-forge/internal/auth"
 	"github.com/crystal-forge/crystal-forge/internal/config"
 	"github.com/crystal-forge/crystal-forge/internal/db"
@@ -128,4 +131,134 @@ func TestWebPageRoles(t *testing.T) {
 	if ex := b.Exceptions(); len(ex) > 0 {
 		t.Errorf("the page threw: %q", ex)
 	}
+}
+
+// TestWebPageReadNeedsToken drives the page in Chromium against a server
+// where reading needs a token (require_auth_for_read, loopback not
+// trusted): with a read token, a build's own URL /builds/{id} opens the
+// build, and an attribute's log link shows that attribute's part of the log
+// in the page, fetched with the token, where a new tab (no token) would get
+// 401.
+func TestWebPageReadNeedsToken(t *testing.T) {
+	testsupport.RequireNix(t)
+	requireGit(t)
+	testsupport.RequireChromium(t)
+	const name = "private"
+	srv := testsupport.StartServer(t, testsupport.ServerOptions{
+		Repositories: []testsupport.ServerRepository{{Name: name, URL: brokenFlake(t), Branch: "main"}},
+		ExtraTOML:    "trust_loopback = false\nrequire_auth_for_read = true\n",
+	})
+	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.CloseAtCleanup(t, d)
+	tokens := &auth.Tokens{DB: d}
+	reader, err := tokens.Create(t.Context(), "reader", auth.RoleRead, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := tokens.Create(t.Context(), "ci", auth.RoleTrigger, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trig struct {
+		BuildID int64 `json:"build_id"`
+	}
+	if code, body := bearerDo(t, http.MethodPost, srv.URL+"/build/trigger/"+name, ci.Token); code != http.StatusOK || json.Unmarshal(body, &trig) != nil || trig.BuildID == 0 {
+		t.Fatalf("trigger with the ci token = %d %s", code, body)
+	}
+	var b api.Build
+	testsupport.WaitUntil(t, "the build to end", func() bool {
+		code, body := bearerDo(t, http.MethodGet, fmt.Sprintf("%s/api/v1/builds/%d", srv.URL, trig.BuildID), reader.Token)
+		if code != http.StatusOK {
+			t.Fatalf("GET build %d with the read token = %d %s", trig.BuildID, code, body)
+		}
+		if err := json.Unmarshal(body, &b); err != nil {
+			t.Fatal(err)
+		}
+		return b.FinishedAt != nil
+	})
+	var bad *db.Result
+	for _, r := range b.Results {
+		if r.Attr == "bad" {
+			bad = r
+		}
+	}
+	if bad == nil || bad.Status != "failed" {
+		t.Fatalf("results of build %d = %+v, want bad failed", trig.BuildID, b.Results)
+	}
+	// What a new tab would do: no token, so refused.
+	logPath := fmt.Sprintf("/api/v1/builds/%d/results/%d/log", trig.BuildID, bad.ID)
+	if code, body := srv.Get(t, logPath); code != http.StatusUnauthorized {
+		t.Fatalf("GET %s without a token = %d %s, want 401", logPath, code, body)
+	}
+
+	br := testsupport.NewBrowser(t)
+	ctx, cancel := context.WithTimeout(br.Ctx, 90*time.Second)
+	defer cancel()
+	waitJS := func(what, expr string) {
+		t.Helper()
+		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
+			t.Fatalf("waiting for %s (%s): %v\npage: %q", what, expr, err, jsString(ctx, `document.body.innerText`))
+		}
+	}
+	buildURL := fmt.Sprintf("%s/builds/%d", srv.URL, trig.BuildID)
+	if err := chromedp.Do(ctx, chromedp.Navigate(buildURL)); err != nil {
+		t.Fatal(err)
+	}
+	waitJS("the page to ask for a token", `document.querySelector("#repositories").textContent.includes("Reading needs a token")`)
+	if err := chromedp.Do(ctx, chromedp.SetValue(chromedp.ID("token-input"), reader.Token), chromedp.Click(chromedp.ID("token-save"))); err != nil {
+		t.Fatalf("enter the read token: %v", err)
+	}
+	waitJS("the build opened from its URL with the token", fmt.Sprintf(`document.querySelector("#whoami").textContent === "token:reader"
+		&& document.querySelector("#build-title")?.textContent.endsWith("build #%d")
+		&& document.querySelector('#results tr[data-attr="bad"] td:nth-child(3)')?.textContent === "failed"`, trig.BuildID))
+	// Opening /builds/{id} afresh (the token now in localStorage) works too.
+	if err := chromedp.Do(ctx, chromedp.Navigate(buildURL)); err != nil {
+		t.Fatal(err)
+	}
+	waitJS("the build opened again from its URL", fmt.Sprintf(`document.querySelector("#build-title")?.textContent.endsWith("build #%d")
+		&& document.querySelector("#log").textContent.includes("Starting build for %s")
+		&& !!document.querySelector('#results tr[data-attr="bad"] a.attr-log')`, trig.BuildID, name))
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#results tr[data-attr="bad"] a.attr-log`))); err != nil {
+		t.Fatalf("click bad's log link: %v", err)
+	}
+	waitJS("bad's log shown in the page", `document.querySelector("#result-log").open
+		&& document.querySelector("#result-log-text").textContent.includes("bad> fixture package bad fails on purpose")`)
+	if got := jsString(ctx, `document.querySelector("#result-log-text").textContent`); strings.Contains(got, "alpha>") {
+		t.Errorf("bad's log dialog shows another attribute's lines: %q", got)
+	}
+	if got := jsString(ctx, `document.querySelector("#result-log-title").textContent`); got != fmt.Sprintf("bad · build #%d", trig.BuildID) {
+		t.Errorf("log dialog title = %q", got)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("result-log-close"))); err != nil {
+		t.Fatal(err)
+	}
+	waitJS("the log dialog closed", `!document.querySelector("#result-log").open`)
+	if ex := br.Exceptions(); len(ex) > 0 {
+		t.Errorf("the page threw: %q", ex)
+	}
+}
+
+// bearerDo sends method to url with the token as Bearer and returns the
+// status and body.
+func bearerDo(t *testing.T, method, url, token string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, url, err)
+	}
+	return resp.StatusCode, body
 }

@@ -247,7 +247,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 	}
 	if cfg.Tailscale.UseTailscaled {
-		resolvers = append(resolvers, tailnet.SystemTailscaled())
+		resolvers = append(resolvers, tailnet.SystemTailscaled(cfg.Tailscale.TailscaledSocket))
 	}
 	authCfg.Tailnet = tailnet.First(resolvers...)
 

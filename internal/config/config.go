@@ -134,6 +134,9 @@ type Tailscale struct {
 	// UseTailscaled identifies peers that arrive on a system tailscaled's
 	// addresses with its LocalAPI WhoIs.
 	UseTailscaled bool `toml:"use_tailscaled"`
+	// TailscaledSocket is that tailscaled's LocalAPI socket (default: the
+	// platform's, /var/run/tailscale/tailscaled.sock on Linux).
+	TailscaledSocket string `toml:"tailscaled_socket"`
 }
 
 // ACL is one [[acl]] entry: who (a login, "tag:NAME" or "*") gets a role.

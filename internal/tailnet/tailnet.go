@@ -111,16 +111,25 @@ func MarkConn(ctx context.Context, _ net.Conn) context.Context {
 // ViaNode reports whether the request arrived on the node's listener.
 func ViaNode(ctx context.Context) bool { v, _ := ctx.Value(viaNodeKey{}).(bool); return v }
 
-// ViaTailscaled reports whether the request arrived on one of a system
-// tailscaled's addresses (its local address is a Tailscale IP): only then
-// is tailscaled's WhoIs asked.
+// ViaTailscaled reports whether the request may have come through a
+// system tailscaled, so that its WhoIs is asked: it arrived on one of
+// tailscaled's addresses (its local address is a Tailscale IP: kernel TUN
+// mode), or on loopback, where tailscaled in userspace-networking mode
+// delivers every tailnet connection (its netstack dials 127.0.0.1:<port>
+// and records which local connection carries which peer, so its WhoIs of
+// the 127.0.0.1 source answers for the peer). A loopback connection
+// tailscaled did not make is unknown to its WhoIs and stays loopback.
 func ViaTailscaled(ctx context.Context) bool {
 	la, ok := ctx.Value(http.LocalAddrContextKey).(net.Addr)
 	if !ok {
 		return false
 	}
 	ap, err := netip.ParseAddrPort(la.String())
-	return err == nil && tsaddr.IsTailscaleIP(ap.Addr().Unmap())
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	return tsaddr.IsTailscaleIP(a) || a.IsLoopback()
 }
 
 // WhoIs is an auth.PeerResolver over a Tailscale LocalAPI.
@@ -130,10 +139,11 @@ type WhoIs struct {
 	Accept func(context.Context) bool
 }
 
-// SystemTailscaled resolves peers with the system tailscaled's LocalAPI
-// (its default socket), for requests that arrived on its addresses.
-func SystemTailscaled() auth.PeerResolver {
-	return &WhoIs{Client: &local.Client{}, Accept: ViaTailscaled}
+// SystemTailscaled resolves peers with a system tailscaled's LocalAPI at
+// socket (empty: the platform's default), for requests that may have come
+// through it (ViaTailscaled).
+func SystemTailscaled(socket string) auth.PeerResolver {
+	return &WhoIs{Client: &local.Client{Socket: socket, UseSocketOnly: socket != ""}, Accept: ViaTailscaled}
 }
 
 // Peer implements auth.PeerResolver.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"path/filepath"
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/auth"
@@ -18,7 +19,8 @@ func TestViaTailscaled(t *testing.T) {
 		{"100.101.102.103:8000", true},
 		{"[fd7a:115c:a1e0::1]:8000", true},
 		{"192.168.1.2:8000", false},
-		{"127.0.0.1:8000", false},
+		{"127.0.0.1:8000", true}, // tailscaled's userspace netstack forwards to loopback
+		{"[::1]:8000", true},
 		{"", false},
 	} {
 		ctx := context.Background()
@@ -65,6 +67,31 @@ func TestFirst(t *testing.T) {
 		p, err := First(tc.rs...).Peer(context.Background(), "100.64.0.1:1")
 		if p != tc.want || !errors.Is(err, tc.err) {
 			t.Errorf("First(%v) = %v, %v; want %v, %v", tc.rs, p, err, tc.want, tc.err)
+		}
+	}
+}
+
+// TestSystemTailscaledUnreachable: when the LocalAPI cannot be asked, a
+// request tailscaled may have relayed (loopback, or on a Tailscale IP) is
+// an error, never taken for loopback; one on another address is not asked.
+func TestSystemTailscaledUnreachable(t *testing.T) {
+	r := SystemTailscaled(filepath.Join(t.TempDir(), "no-tailscaled.sock"))
+	for _, tc := range []struct {
+		local   string
+		wantErr bool
+	}{
+		{"127.0.0.1:8000", true},
+		{"100.101.102.103:8000", true},
+		{"192.168.1.2:8000", false},
+	} {
+		addr, err := net.ResolveTCPAddr("tcp", tc.local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.WithValue(t.Context(), http.LocalAddrContextKey, addr)
+		p, err := r.Peer(ctx, "127.0.0.1:40000")
+		if p != nil || (err != nil) != tc.wantErr {
+			t.Errorf("Peer on %s = %+v, %v; want error %v", tc.local, p, err, tc.wantErr)
 		}
 	}
 }

@@ -6,10 +6,15 @@ package tailnettest
 
 import (
 	"context"
+	"go/build"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +25,9 @@ import (
 	"tailscale.com/tstest/integration"
 	"tailscale.com/tstest/integration/testcontrol"
 	"tailscale.com/types/logger"
+
+	"github.com/crystal-forge/crystal-forge/internal/testsupport"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
 )
 
 // MagicDNSDomain is the tailnet's DNS suffix.
@@ -130,4 +138,122 @@ func (tn *Tailnet) Addr(t testing.TB, hostname string) netip.Addr {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Tailscaled is a real tailscaled process on the tailnet, in
+// userspace-networking mode (no TUN device, no root), as a machine's
+// system tailscaled would be.
+type Tailscaled struct {
+	Socket string     // its LocalAPI socket
+	IP     netip.Addr // its tailnet IPv4 address
+	cli    string
+}
+
+// tailscaledHint says how to get the programs.
+const tailscaledHint = "`make test` installs them (GOBIN=$(go env GOPATH)/bin go install tailscale.com/cmd/tailscaled@v1.102.5 tailscale.com/cmd/tailscale@v1.102.5)"
+
+// tailscalePrograms finds tailscaled and tailscale where `go install`
+// puts them, or on PATH.
+func tailscalePrograms(t testing.TB) (daemon, cli string) {
+	t.Helper()
+	find := func(name string) string {
+		for _, dir := range []string{os.Getenv("GOBIN"), filepath.Join(build.Default.GOPATH, "bin")} {
+			if dir == "" {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+				return p
+			}
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+		testenv.Missing(t, name+" is not installed; "+tailscaledHint)
+		return ""
+	}
+	return find("tailscaled"), find("tailscale")
+}
+
+// StartTailscaled runs tailscaled (userspace networking, its own state
+// and socket in a temporary directory, logs kept local) and logs it in to
+// the tailnet as hostname with `tailscale up`; it is stopped when the test
+// ends.
+func (tn *Tailnet) StartTailscaled(t testing.TB, hostname string) *Tailscaled {
+	t.Helper()
+	daemon, cli := tailscalePrograms(t)
+	// A short directory: the socket's path must fit in sun_path.
+	dir, err := os.MkdirTemp("", "cf-tsd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ts := &Tailscaled{Socket: filepath.Join(dir, "tailscaled.sock"), cli: cli}
+	var stderr testsupport.SyncBuffer
+	cmd := exec.Command(daemon,
+		"--tun=userspace-networking",
+		"--socket="+ts.Socket,
+		"--statedir="+filepath.Join(dir, "state"),
+		"--port=0",
+		"--socks5-server=", "--outbound-http-proxy-listen=",
+		"--no-logs-no-support")
+	cmd.Env = append(os.Environ(),
+		"TS_LOGS_DIR="+dir,
+		"TS_ASSUME_NETWORK_UP_FOR_TEST=1", // no default route needed
+		"TS_DISABLE_PORTMAPPER=1",
+		"TS_NETCHECK_GENERATE_204_URL="+tn.ControlURL+"/generate_204",
+	)
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start tailscaled: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("tailscaled's output:\n%s", stderr.String())
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	// tailscale up waits for the daemon's socket itself, but not for
+	// long: try until it answers.
+	for {
+		out, err := ts.run(ctx, "up", "--login-server="+tn.ControlURL, "--hostname="+hostname, "--reset")
+		if err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("tailscaled exited: %s\n%s", out, stderr.String())
+		case <-ctx.Done():
+			t.Fatalf("tailscale up: %v\n%s\ntailscaled:\n%s", err, out, stderr.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	out, err := ts.run(ctx, "ip", "-4")
+	if err != nil {
+		t.Fatalf("tailscale ip -4: %v\n%s", err, out)
+	}
+	if ts.IP, err = netip.ParseAddr(strings.TrimSpace(out)); err != nil {
+		t.Fatalf("tailscale ip -4 = %q: %v", out, err)
+	}
+	return ts
+}
+
+// run runs the tailscale CLI against this daemon.
+func (ts *Tailscaled) run(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, ts.cli, append([]string{"--socket=" + ts.Socket}, args...)...)
+	cmd.Env = append(os.Environ(), "SSH_CLIENT=", "SSH_CONNECTION=")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

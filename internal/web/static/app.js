@@ -211,7 +211,8 @@ async function showBuild(id) {
       el("td", {}, r.attr), el("td", {}, r.kind), el("td", { class: r.status }, r.status),
       el("td", {}, ...(r.drv_path ? [el("div", { class: "drv" }, el("code", {}, r.drv_path))] : []),
         ...r.out_paths.map((p) => el("div", {}, el("code", {}, p)))),
-      el("td", {}, el("a", { class: "attr-log", href: `/api/v1/builds/${b.id}/results/${r.id}/log`, target: "_blank" }, "log")));
+      el("td", {}, el("a", { class: "attr-log", href: `/api/v1/builds/${b.id}/results/${r.id}/log`, target: "_blank",
+        onclick: (e) => showResultLog(e, b.id, r) }, "log")));
     if (r.status !== "failed" && !(r.status === "skipped" && r.error)) return [row];
     return [row, el("tr", { class: "failure", "data-failure": r.attr },
       el("td", { colspan: "5" },
@@ -235,6 +236,35 @@ async function showBuild(id) {
     pushTimer = setTimeout(() => { if (selected && selected.id === b.id) showBuild(b.id).catch(console.warn); }, 2000);
   }
 }
+
+// showResultLog shows an attribute's part of the log in a dialog, fetched
+// with the token: a new tab would carry no token, and a server with
+// require_auth_for_read would refuse it. Without a token a modified click
+// (new tab, new window) keeps the link's usual behaviour.
+async function showResultLog(e, buildID, r) {
+  if (!token() && (e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0)) return;
+  e.preventDefault();
+  const dlg = $("#result-log");
+  const pre = $("#result-log-text");
+  $("#result-log-title").textContent = `${r.attr} · build #${buildID}`;
+  pre.textContent = "Loading…";
+  pre.classList.remove("error");
+  if (!dlg.open) dlg.showModal();
+  try {
+    const resp = await api(`/api/v1/builds/${buildID}/results/${r.id}/log`);
+    const text = await resp.text();
+    if (!resp.ok) {
+      let detail = text;
+      try { detail = JSON.parse(text).detail || text; } catch { /* not JSON: show it as is */ }
+      throw new Error(`${resp.status}: ${detail}`);
+    }
+    pre.textContent = text;
+  } catch (err) {
+    pre.classList.add("error");
+    pre.textContent = `Could not load the log: ${err.message}`;
+  }
+}
+$("#result-log-close").addEventListener("click", () => $("#result-log").close());
 
 let pushTimer = null;
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
