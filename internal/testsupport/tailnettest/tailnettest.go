@@ -6,6 +6,7 @@ package tailnettest
 
 import (
 	"context"
+	"errors"
 	"go/build"
 	"net/http/httptest"
 	"net/netip"
@@ -187,7 +188,11 @@ func (tn *Tailnet) StartTailscaled(t testing.TB, hostname string) *Tailscaled {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove tailscaled's directory: %v", err)
+		}
+	})
 	ts := &Tailscaled{Socket: filepath.Join(dir, "tailscaled.sock"), cli: cli}
 	var stderr testsupport.SyncBuffer
 	cmd := exec.Command(daemon,
@@ -209,14 +214,20 @@ func (tn *Tailnet) StartTailscaled(t testing.TB, hostname string) *Tailscaled {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start tailscaled: %v", err)
 	}
+	// Its exit status is of no interest: the test stops it.
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		signal := func(sig syscall.Signal) {
+			if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("signal tailscaled: %v", err)
+			}
+		}
+		signal(syscall.SIGTERM)
 		select {
 		case <-exited:
 		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			signal(syscall.SIGKILL)
 			<-exited
 		}
 		if t.Failed() {
