@@ -158,32 +158,7 @@ func testBuildersEndToEnd(t *testing.T, serverArgs []string, dsnOf func(*testsup
 
 	// The jobs: block was lost with the killed builder and built by the
 	// other, on its second attempt, and recorded once.
-	database, err := db.Open(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := database.Close(); err != nil {
-			t.Error(err)
-		}
-	}()
-	jobs, err := database.BuildJobs(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, j := range jobs {
-		switch {
-		case !j.State.Done():
-			t.Errorf("job %d (%s) is %s after the build ended", j.ID, j.Attr, j.State)
-		case j.Attr == "block" && (j.State != db.JobSucceeded || j.Worker != survivor || j.Attempts != 2):
-			t.Errorf("job block = %+v, want succeeded on %s at attempt 2", j, survivor)
-		case j.Attr != "block" && j.Attempts != 1:
-			t.Errorf("job %d (%s %s) took %d attempts, want 1", j.ID, j.Kind, j.Attr, j.Attempts)
-		}
-	}
-	if len(jobs) != 5 {
-		t.Errorf("%d jobs, want the evaluation and 4 attributes (broken does not evaluate): %+v", len(jobs), jobs)
-	}
+	checkJobsAfterKill(t, dsn, id, survivor, 4)
 
 	// SIGTERM drains: the running job finishes, then the builder exits 0.
 	drainer := testsupport.NewBlocker(t, "drain")
@@ -228,11 +203,7 @@ func testBuildersEndToEnd(t *testing.T, serverArgs []string, dsnOf func(*testsup
 	}
 	testsupport.WaitBuildEnded(t, s, id, db.StatusCancelled)
 	testsupport.WaitUntil(t, "the builder to stop the cancelled job's build", func() bool { return !testsupport.ProcessAlive(pid) })
-	jobs, err = database.BuildJobs(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, j := range jobs {
+	for _, j := range buildJobs(t, dsn, id) {
 		if j.Attr == "stuck" && (j.State != db.JobCancelled || j.Worker != "b3") {
 			t.Errorf("cancelled job = %+v, want cancelled on b3", j)
 		}
@@ -414,32 +385,7 @@ func TestBuildersOwnStores(t *testing.T) {
 
 	// The jobs: block was lost with the killed builder and built by the
 	// other, on its second attempt, and recorded once.
-	database, err := db.Open(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := database.Close(); err != nil {
-			t.Error(err)
-		}
-	}()
-	jobs, err := database.BuildJobs(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, j := range jobs {
-		switch {
-		case !j.State.Done():
-			t.Errorf("job %d (%s) is %s after the build ended", j.ID, j.Attr, j.State)
-		case j.Attr == "block" && (j.State != db.JobSucceeded || j.Worker != survivor || j.Attempts != 2):
-			t.Errorf("job block = %+v, want succeeded on %s at attempt 2", j, survivor)
-		case j.Attr != "block" && j.Attempts != 1:
-			t.Errorf("job %d (%s %s) took %d attempts, want 1", j.ID, j.Kind, j.Attr, j.Attempts)
-		}
-	}
-	if len(jobs) != 6 {
-		t.Errorf("%d jobs, want the evaluation and 5 attributes (broken does not evaluate): %+v", len(jobs), jobs)
-	}
+	checkJobsAfterKill(t, dsn, id, survivor, 5)
 
 	// The outputs: in the builders' stores, not this machine's, and in the
 	// server's cache only because the builders pushed them.
@@ -565,4 +511,45 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// checkJobsAfterKill checks the jobs of build id after the builder running
+// "block" was killed: every job ended, block succeeded on survivor at its
+// second attempt, every other job took one attempt, and there is one job for
+// the evaluation and one per evaluated attribute (attrs).
+func checkJobsAfterKill(t *testing.T, dsn string, id int64, survivor string, attrs int) {
+	t.Helper()
+	jobs := buildJobs(t, dsn, id)
+	for _, j := range jobs {
+		switch {
+		case !j.State.Done():
+			t.Errorf("job %d (%s) is %s after the build ended", j.ID, j.Attr, j.State)
+		case j.Attr == "block" && (j.State != db.JobSucceeded || j.Worker != survivor || j.Attempts != 2):
+			t.Errorf("job block = %+v, want succeeded on %s at attempt 2", j, survivor)
+		case j.Attr != "block" && j.Attempts != 1:
+			t.Errorf("job %d (%s %s) took %d attempts, want 1", j.ID, j.Kind, j.Attr, j.Attempts)
+		}
+	}
+	if len(jobs) != attrs+1 {
+		t.Errorf("%d jobs, want the evaluation and %d attributes (broken does not evaluate): %+v", len(jobs), attrs, jobs)
+	}
+}
+
+// buildJobs reads build id's jobs from the shared database.
+func buildJobs(t *testing.T, dsn string, id int64) []*db.Job {
+	t.Helper()
+	database, err := db.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := database.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	jobs, err := database.BuildJobs(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jobs
 }
