@@ -42,20 +42,9 @@ func TestWebPageRoles(t *testing.T) {
 		t.Fatalf("enrolment heartbeat = %d %s", code, out)
 	}
 	// Tokens go straight into the server's database: nobody here is admin.
-	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testsupport.CloseAtCleanup(t, d)
-	tokens := &auth.Tokens{DB: d}
-	ci, err := tokens.Create(t.Context(), "ci", auth.RoleTrigger, 0, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ops, err := tokens.Create(t.Context(), "ops", auth.RoleAdmin, 0, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tokens := serverTokens(t, srv)
+	ci := createToken(t, tokens, "ci", auth.RoleTrigger)
+	ops := createToken(t, tokens, "ops", auth.RoleAdmin)
 
 	b := testsupport.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 90*time.Second)
@@ -121,7 +110,7 @@ func TestWebPageRoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitJS("the host approved", `document.querySelector("#host-newbie td.status span.status")?.textContent === "approved"`)
-	log, err := d.AuditLog(t.Context(), "newbie", 10)
+	log, err := tokens.DB.AuditLog(t.Context(), "newbie", 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,20 +137,9 @@ func TestWebPageReadNeedsToken(t *testing.T) {
 		Repositories: []testsupport.ServerRepository{{Name: name, URL: brokenFlake(t), Branch: "main"}},
 		ExtraTOML:    "trust_loopback = false\nrequire_auth_for_read = true\n",
 	})
-	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testsupport.CloseAtCleanup(t, d)
-	tokens := &auth.Tokens{DB: d}
-	reader, err := tokens.Create(t.Context(), "reader", auth.RoleRead, 0, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ci, err := tokens.Create(t.Context(), "ci", auth.RoleTrigger, 0, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tokens := serverTokens(t, srv)
+	reader := createToken(t, tokens, "reader", auth.RoleRead)
+	ci := createToken(t, tokens, "ci", auth.RoleTrigger)
 	var trig struct {
 		BuildID int64 `json:"build_id"`
 	}
@@ -261,4 +239,26 @@ func bearerDo(t *testing.T, method, url, token string) (int, []byte) {
 		t.Fatalf("%s %s: read body: %v", method, url, err)
 	}
 	return resp.StatusCode, body
+}
+
+// serverTokens is the token store in the database of srv, a server process
+// on SQLite, for tests in which nobody is admin over the API.
+func serverTokens(t *testing.T, srv *testsupport.Server) *auth.Tokens {
+	t.Helper()
+	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.CloseAtCleanup(t, d)
+	return &auth.Tokens{DB: d}
+}
+
+// createToken makes a token that never expires.
+func createToken(t *testing.T, tokens *auth.Tokens, name string, role auth.Role) *auth.Created {
+	t.Helper()
+	c, err := tokens.Create(t.Context(), name, role, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
