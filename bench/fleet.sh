@@ -55,17 +55,15 @@ echo "== $HOSTS agent keys and [[hosts]] (cached in $KEYS)"
 
 PID=
 PGPID=
+# shellcheck source=bench/postgres.sh
+. bench/postgres.sh
 cleanup() {
 	if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
 		kill "$PID" 2>/dev/null || true
 		for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 		kill -9 "$PID" 2>/dev/null || true
 	fi
-	if [ -n "$PGPID" ]; then
-		kill -TERM -- "-$PGPID" 2>/dev/null || true
-		for _ in $(seq 100); do kill -0 "$PGPID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL -- "-$PGPID" 2>/dev/null || true
-	fi
+	stop_postgres
 	wait 2>/dev/null || true
 	rm -rf "$WORK"
 }
@@ -73,27 +71,8 @@ trap cleanup EXIT INT TERM
 
 DBARGS=()
 if [ "$DB" = postgres ]; then
-	# A private PostgreSQL on a unix socket in $WORK/pg, durable (fsync on)
-	# but with synchronous_commit off: like the SQLite store's WAL with
-	# synchronous=NORMAL, a power cut may lose the last commits, never
-	# consistency. initdb refuses root: it runs as nobody.
-	PGBIN=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-	[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL is not installed: scripts/install-deps.sh installs postgresql-15" >&2; exit 1; }
-	as=()
-	[ "$(id -u)" -ne 0 ] || as=(runuser -u nobody --)
-	mkdir -p "$WORK/pg"
-	[ "$(id -u)" -ne 0 ] || chown nobody "$WORK/pg"
-	chmod 755 "$WORK"
-	(cd "$WORK/pg" && "${as[@]}" "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres -A trust -E UTF8 --locale=C >"$WORK/pg/initdb.log" 2>&1) ||
-		{ cat "$WORK/pg/initdb.log" >&2; exit 1; }
-	PGLOG="$PWD/$OUT/$NAME-postgres.log"
-	(cd "$WORK/pg" && exec setsid "${as[@]}" "$PGBIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -c listen_addresses= \
-		-c synchronous_commit=off -c max_connections=100 >"$PGLOG" 2>&1) &
-	PGPID=$!
-	for _ in $(seq 300); do "$PGBIN/pg_isready" -q -h "$WORK/pg" -U postgres && break; sleep 0.1; done
-	"$PGBIN/pg_isready" -h "$WORK/pg" -U postgres
-	"$PGBIN/createdb" -h "$WORK/pg" -U postgres forge
-	DSN="postgres://postgres@/forge?host=$WORK/pg&sslmode=disable"
+	start_postgres "$PWD/$OUT/$NAME-postgres.log" forge
+	DSN=$(postgres_dsn forge)
 	DBARGS=(--db "$DSN")
 fi
 
@@ -128,7 +107,7 @@ if [ "$DB" = postgres ]; then
 	# PostgreSQL's own CPU time during the whole run: the postmaster and its
 	# children (each in a session of its own: PostgreSQL calls setsid).
 	pgcpu=0
-	pm=$(head -1 "$WORK/pg/data/postmaster.pid")
+	pm=$(head -1 "$PGHOST_DIR/data/postmaster.pid")
 	for p in $pm $(pgrep -P "$pm" || true); do
 		read -r -a S <<<"$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
 		pgcpu=$((pgcpu + S[11] + S[12] + S[13] + S[14]))
@@ -145,7 +124,7 @@ for _ in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 PID=
 # Every accepted heartbeat is counted in a compacted heartbeats row.
 if [ "$DB" = postgres ]; then
-	"$PGBIN/psql" -h "$WORK/pg" -U postgres -d forge -Atc \
+	"$PGBIN/psql" -h "$PGHOST_DIR" -U postgres -d forge -Atc \
 		"SELECT count(*) || ' heartbeat rows, ' || sum(count) || ' heartbeats recorded; database ' || pg_size_pretty(pg_database_size('forge')) FROM heartbeats" |
 		tee -a "$OUT/$NAME.txt"
 elif command -v sqlite3 >/dev/null; then

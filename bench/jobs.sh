@@ -62,13 +62,11 @@ TOML
 
 PIDS=()
 PGPID=
+# shellcheck source=bench/postgres.sh
+. bench/postgres.sh
 cleanup() {
 	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	if [ -n "$PGPID" ]; then
-		kill -TERM -- "-$PGPID" 2>/dev/null || true
-		for _ in $(seq 100); do kill -0 "$PGPID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL -- "-$PGPID" 2>/dev/null || true
-	fi
+	stop_postgres
 	wait 2>/dev/null || true
 	rm -rf "$WORK"
 }
@@ -77,26 +75,8 @@ trap cleanup EXIT INT TERM
 DSN=$WORK/data/crystal-forge.db
 SERVERDB=()
 if [ "$DB" = postgres ]; then
-	# A private PostgreSQL on a unix socket, as bench/fleet.sh starts it.
-	# initdb refuses root: it runs as nobody.
-	PGBIN=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-	[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL is not installed: scripts/install-deps.sh installs postgresql-15" >&2; exit 1; }
-	as=()
-	[ "$(id -u)" -ne 0 ] || as=(runuser -u nobody --)
-	mkdir -p "$WORK/pg"
-	[ "$(id -u)" -ne 0 ] || chown nobody "$WORK/pg"
-	chmod 755 "$WORK"
-	(cd "$WORK/pg" && "${as[@]}" "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres -A trust -E UTF8 --locale=C >"$WORK/pg/initdb.log" 2>&1) ||
-		{ cat "$WORK/pg/initdb.log" >&2; exit 1; }
-	PGLOG="$PWD/$OUT/jobs-postgres.log"
-	(cd "$WORK/pg" && exec setsid "${as[@]}" "$PGBIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -c listen_addresses= \
-		-c synchronous_commit=off -c max_connections=100 >"$PGLOG" 2>&1) &
-	PGPID=$!
-	for _ in $(seq 300); do "$PGBIN/pg_isready" -q -h "$WORK/pg" -U postgres && break; sleep 0.1; done
-	"$PGBIN/pg_isready" -h "$WORK/pg" -U postgres
-	"$PGBIN/createdb" -h "$WORK/pg" -U postgres forge
-	"$PGBIN/createdb" -h "$WORK/pg" -U postgres claims
-	DSN="postgres://postgres@/forge?host=$WORK/pg&sslmode=disable"
+	start_postgres "$PWD/$OUT/jobs-postgres.log" forge claims
+	DSN=$(postgres_dsn forge)
 	SERVERDB=(--db "$DSN")
 fi
 
@@ -140,5 +120,5 @@ print("%s %d builders: %s, %d attributes; build %.1f s, attribute span %.1f s%s|
 	for p in "${BPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 done
 CLAIMDB=()
-[ "$DB" = sqlite ] || CLAIMDB=(--db "postgres://postgres@/claims?host=$WORK/pg&sslmode=disable")
+[ "$DB" = sqlite ] || CLAIMDB=(--db "$(postgres_dsn claims)")
 go run ./bench/claimload "${CLAIMDB[@]}" | tee -a "$REPORT"
