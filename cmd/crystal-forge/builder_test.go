@@ -129,21 +129,7 @@ func testBuildersEndToEnd(t *testing.T, serverArgs []string, dsnOf func(*testsup
 	log := s.Log(t, id)
 	want := map[string]string{"checks": db.ResultFailed, "alpha": db.ResultSuccess, "bad": db.ResultFailed,
 		"block": db.ResultSuccess, "broken": db.ResultFailed, "zeta": db.ResultSuccess}
-	seen := map[string]int{}
-	for _, r := range b.Results {
-		seen[r.Attr]++
-		if r.Status != want[r.Attr] {
-			t.Errorf("result %s = %s (%s), want %s", r.Attr, r.Status, r.Error, want[r.Attr])
-		}
-	}
-	for attr := range want {
-		if seen[attr] != 1 {
-			t.Errorf("attribute %s has %d results, want exactly 1; results %+v", attr, seen[attr], b.Results)
-		}
-	}
-	if len(b.Results) != len(want) {
-		t.Errorf("%d results, want %d: %+v", len(b.Results), len(want), b.Results)
-	}
+	checkResultsOnce(t, b, want)
 	if want := "3 of 6 attributes failed: checks (check), broken (package), bad (package)"; b.Error != want {
 		t.Errorf("build error = %q, want %q", b.Error, want)
 	}
@@ -339,21 +325,7 @@ func TestBuildersOwnStores(t *testing.T) {
 	log := s.Log(t, id)
 	want := map[string]string{"checks": db.ResultFailed, "checks.lint": db.ResultSuccess, "alpha": db.ResultSuccess,
 		"bad": db.ResultFailed, "block": db.ResultSuccess, "broken": db.ResultFailed, "zeta": db.ResultSuccess}
-	seen := map[string]int{}
-	for _, r := range b.Results {
-		seen[r.Attr]++
-		if r.Status != want[r.Attr] {
-			t.Errorf("result %s = %s (%s), want %s", r.Attr, r.Status, r.Error, want[r.Attr])
-		}
-	}
-	for attr := range want {
-		if seen[attr] != 1 {
-			t.Errorf("attribute %s has %d results, want exactly 1; results %+v", attr, seen[attr], b.Results)
-		}
-	}
-	if len(b.Results) != len(want) {
-		t.Errorf("%d results, want %d: %+v", len(b.Results), len(want), b.Results)
-	}
+	checkResultsOnce(t, b, want)
 	if want := "3 of 7 attributes failed: checks (check), broken (package), bad (package)"; b.Error != want {
 		t.Errorf("build error = %q, want %q; log:\n%s", b.Error, want, log)
 	}
@@ -552,4 +524,25 @@ func buildJobs(t *testing.T, dsn string, id int64) []*db.Job {
 		t.Fatal(err)
 	}
 	return jobs
+}
+
+// checkResultsOnce checks that build b has exactly one result per attribute
+// of want, each with the status want gives it, and no other result.
+func checkResultsOnce(t *testing.T, b api.Build, want map[string]string) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, r := range b.Results {
+		seen[r.Attr]++
+		if r.Status != want[r.Attr] {
+			t.Errorf("result %s = %s (%s), want %s", r.Attr, r.Status, r.Error, want[r.Attr])
+		}
+	}
+	for attr := range want {
+		if seen[attr] != 1 {
+			t.Errorf("attribute %s has %d results, want exactly 1; results %+v", attr, seen[attr], b.Results)
+		}
+	}
+	if len(b.Results) != len(want) {
+		t.Errorf("%d results, want %d: %+v", len(b.Results), len(want), b.Results)
+	}
 }
