@@ -51,10 +51,7 @@ func TestWebPageRoles(t *testing.T) {
 	defer cancel()
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\npage: %q", what, expr, err, jsString(ctx, `document.body.innerText`))
-		}
+		pollPage(t, ctx, what, expr, "page", `document.body.innerText`)
 	}
 	count := func(sel string) int {
 		t.Helper()
@@ -177,10 +174,7 @@ func TestWebPageReadNeedsToken(t *testing.T) {
 	defer cancel()
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\npage: %q", what, expr, err, jsString(ctx, `document.body.innerText`))
-		}
+		pollPage(t, ctx, what, expr, "page", `document.body.innerText`)
 	}
 	buildURL := fmt.Sprintf("%s/builds/%d", srv.URL, trig.BuildID)
 	if err := chromedp.Do(ctx, chromedp.Navigate(buildURL)); err != nil {

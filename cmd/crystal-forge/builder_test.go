@@ -220,10 +220,7 @@ func TestWebPageWorkersQueue(t *testing.T) {
 	defer cancel()
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\nworkers section: %q", what, expr, err, jsString(ctx, `document.querySelector("#workers-section").innerText`))
-		}
+		pollPage(t, ctx, what, expr, "workers section", `document.querySelector("#workers-section").innerText`)
 	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(s.URL+"/"), chromedp.WaitVisible(chromedp.ID("worker-pagebuilder"))); err != nil {
 		t.Fatalf("load the page: %v", err)
@@ -412,11 +409,7 @@ func TestBuildersOwnStores(t *testing.T) {
 		&& document.querySelectorAll('#results tr[data-attr="%s"]').length === 1
 		&& document.querySelector('#results tr[data-attr="%s"] td:nth-child(3)')?.textContent === %q`, attr, attr, status)
 	}
-	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-		t.Fatalf("waiting for the page to show every attribute's outcome once (%s): %v\nbuild: %q", expr, err,
-			jsString(ctx, `document.querySelector("#build-detail").innerText`))
-	}
+	pollPage(t, ctx, "the page to show every attribute's outcome once", expr, "build", `document.querySelector("#build-detail").innerText`)
 	if ex := br.Exceptions(); len(ex) > 0 {
 		t.Errorf("the page threw: %q", ex)
 	}

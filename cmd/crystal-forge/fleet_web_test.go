@@ -69,10 +69,7 @@ func TestWebPageFleet(t *testing.T) {
 	}
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\nfleet table: %q", what, expr, err, jsString(ctx, `document.querySelector("#fleet").innerText`))
-		}
+		pollPage(t, ctx, what, expr, "fleet table", `document.querySelector("#fleet").innerText`)
 	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(chromedp.ID("host-chesty"))); err != nil {
 		t.Fatalf("load the page: %v", err)

@@ -157,12 +157,9 @@ func TestWebPageFailedBuild(t *testing.T) {
 	card := "#repo-" + name
 	waitJS := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\ncard: %q\nbuild: %q", what, expr, err,
-				jsString(ctx, fmt.Sprintf(`document.querySelector(%q)?.innerText`, card)),
-				jsString(ctx, `document.querySelector("#build-detail").innerText`))
-		}
+		pollPage(t, ctx, what, expr,
+			"card", fmt.Sprintf(`document.querySelector(%q)?.innerText`, card),
+			"build", `document.querySelector("#build-detail").innerText`)
 	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/builds/%d", srv.URL, id)), chromedp.WaitVisible(chromedp.CSS(card))); err != nil {
 		t.Fatal(err)

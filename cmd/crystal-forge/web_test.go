@@ -212,6 +212,22 @@ func latestBuild(t *testing.T, srv *testsupport.Server, repo string) *db.Build {
 }
 
 // jsString evaluates expr for a failure message.
+// pollPage waits until the JavaScript expression expr is true on the page
+// of ctx (until ctx ends). On failure it fails the test naming what it
+// waited for and showing parts of the page: show holds pairs of a label and
+// a JavaScript expression for that part's text.
+func pollPage(t *testing.T, ctx context.Context, what, expr string, show ...string) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
+		var parts strings.Builder
+		for i := 0; i+1 < len(show); i += 2 {
+			fmt.Fprintf(&parts, "\n%s: %q", show[i], jsString(ctx, show[i+1]))
+		}
+		t.Fatalf("waiting for %s (%s): %v%s", what, expr, err, parts.String())
+	}
+}
+
 func jsString(ctx context.Context, expr string) string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
