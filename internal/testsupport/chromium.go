@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/crystal-forge/crystal-forge/internal/testsupport/testenv"
@@ -47,6 +49,16 @@ type Browser struct {
 
 	mu      sync.Mutex
 	console []chromedp.ConsoleMessage
+	dialogs []string
+}
+
+// Dialogs returns the messages of the alert, confirm and prompt dialogs the
+// page opened so far. Each was dismissed at once: an open dialog would
+// stop the page, and every later step would wait for it in vain.
+func (b *Browser) Dialogs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.dialogs)
 }
 
 // Console returns the page's console messages so far, uncaught exceptions
@@ -58,9 +70,13 @@ func (b *Browser) Console() []chromedp.ConsoleMessage {
 }
 
 // Exceptions returns the page's uncaught JavaScript exceptions and
-// unhandled promise rejections so far.
+// unhandled promise rejections so far, and the dialogs it opened: our page
+// opens one only to report a failure.
 func (b *Browser) Exceptions() []string {
 	var out []string
+	for _, d := range b.Dialogs() {
+		out = append(out, "dialog "+d)
+	}
 	for _, m := range b.Console() {
 		if m.IsException() {
 			out = append(out, fmt.Sprintf("%s (%s:%d)", m.Text, m.URL, m.Line+1))
@@ -125,6 +141,9 @@ func NewBrowser(t testing.TB) *Browser {
 			for _, m := range b.Console() {
 				t.Logf("browser console: %s", m)
 			}
+			for _, d := range b.Dialogs() {
+				t.Logf("browser dialog: %s", d)
+			}
 		}
 		cancel()
 		cancelAlloc()
@@ -139,6 +158,27 @@ func NewBrowser(t testing.TB) *Browser {
 		t.Fatalf("start chromium (%s): %v\n%s", exe, err, o)
 	}
 	messages := chromedp.Console(ctx)
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for d, err := range dialogs {
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.dialogs = append(b.dialogs, fmt.Sprintf("%s: %s", d.Type, d.Message))
+			b.mu.Unlock()
+			// Answered from another goroutine: this one delivers the events.
+			go func() {
+				err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tgt *chromedp.Target) error {
+					_, err := cdp.Call(ctx, tgt, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: false})
+					return err
+				}))
+				if err != nil && ctx.Err() == nil {
+					logf("dismiss a %s dialog: %v", d.Type, err)
+				}
+			}()
+		}
+	}()
 	go func() {
 		for m, err := range messages {
 			if err != nil {

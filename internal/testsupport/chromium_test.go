@@ -13,7 +13,8 @@ import (
 )
 
 // TestNewBrowser checks the browser helper: it loads a page, reads the
-// DOM, and records the page's console messages and uncaught exceptions.
+// DOM, records the page's console messages and uncaught exceptions, and
+// dismisses (and records) a dialog, so the page goes on.
 func TestNewBrowser(t *testing.T) {
 	RequireChromium(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -37,6 +38,24 @@ func TestNewBrowser(t *testing.T) {
 	if ex := b.Exceptions(); !strings.Contains(ex[0], "boom from the page") {
 		t.Errorf("exceptions = %q", ex)
 	}
+	// An alert would stop the page until answered: the helper dismisses it.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`setTimeout(() => { alert("oops"); document.getElementById("p").textContent = "went on"; }, 0)`)); err != nil {
+		t.Fatal(err)
+	}
+	WaitUntil(t, "the dialog to be recorded", func() bool { return len(b.Dialogs()) > 0 })
+	if d := b.Dialogs(); len(d) != 1 || d[0] != "alert: oops" {
+		t.Errorf("dialogs = %q, want the page's alert", d)
+	}
+	if ex := b.Exceptions(); len(ex) != 2 || ex[0] != "dialog alert: oops" {
+		t.Errorf("exceptions = %q, want the dialog reported too", ex)
+	}
+	WaitUntil(t, "the page to go on after the dialog", func() bool {
+		text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("p").textContent`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return text == "went on"
+	})
 	found := false
 	for _, m := range b.Console() {
 		found = found || strings.Contains(m.Text, "page says hi")

@@ -140,6 +140,10 @@ let logSource = null;
 function card(repo) {
   const b = repo.latest_build;
   const st = state(repo);
+  // A redrawn card keeps the history it showed until the new one has loaded,
+  // so the page below it does not jump (and a click there lands).
+  const prev = document.getElementById(`repo-${repo.name}`);
+  const history = el("ul", { class: "history" }, ...(prev ? [...$(".history", prev).children] : []));
   const c = el("article", { class: "card", id: `repo-${repo.name}`, "data-repo": repo.name },
     el("h2", {}, repo.name, " ", el("span", { class: `status ${st}` }, st)),
     el("div", { class: "src" }, `${repo.url} · ${repo.branch}`),
@@ -153,9 +157,9 @@ function card(repo) {
     can.trigger ? el("button", { class: "trigger", type: "button", onclick: () => trigger(repo.name) }, "Trigger build") : "",
     " ",
     b ? el("button", { class: "secondary show-log", type: "button", onclick: () => selectBuild(repo.name, b.id) }, "Show log") : "",
-    el("ul", { class: "history" }));
+    history);
   if (can.trigger && b && (b.status === "running" || b.status === "queued")) $(".trigger", c).disabled = true;
-  loadHistory(repo.name, $(".history", c));
+  loadHistory(repo.name, history);
   return c;
 }
 
@@ -357,6 +361,7 @@ function hostRow(h) {
 }
 
 let hostsSeq = 0;
+let hostsDrawn = "";
 async function refreshHosts() {
   const seq = ++hostsSeq;
   const r = await api("/api/v1/hosts");
@@ -365,6 +370,11 @@ async function refreshHosts() {
   const hosts = await r.json();
   if (seq !== hostsSeq) return; // a newer refresh has begun
   $("#fleet").hidden = false;
+  // Unchanged rows stay as they are, so a click on Approve is not lost to a
+  // redraw of the same data (the table is refreshed every 10 s).
+  const drawn = JSON.stringify([can.admin, hosts]);
+  if (drawn === hostsDrawn) return;
+  hostsDrawn = drawn;
   const pending = hosts.filter((h) => h.status === "pending").length;
   const drifting = hosts.filter((h) => h.drift).length;
   const alerting = hosts.filter((h) => (h.alerts || []).length || h.target_error).length;
