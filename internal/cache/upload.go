@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,12 @@ const (
 	maxNarinfoBytes    = 1 << 20
 	// pendingTTL is how long an uploaded NAR waits for its narinfo.
 	pendingTTL = time.Hour
+	// NARs up to memNarBytes wait for their narinfo in memory, as long as
+	// all of them together stay under memPendingBytes; bigger ones (and
+	// any beyond that) wait in a file. A small path's upload then creates
+	// no file but its objects: creating files is what it costs.
+	memNarBytes     = 4 << 20
+	memPendingBytes = 256 << 20
 )
 
 // UploadConfig turns on uploads (PUT, as `nix copy --to http://...` does).
@@ -57,13 +64,18 @@ type UploadConfig struct {
 // uploads is the cache's upload state: NARs received and verified, waiting
 // for their narinfo. Nothing here is visible to readers.
 type uploads struct {
-	cfg     UploadConfig
+	cfg  UploadConfig
+	zstd zstdDecoders
+
 	mu      sync.Mutex
 	pending map[string]*pendingNar // by NAR file name
+	memUsed int64                  // bytes held in memory: pending and being received
 }
 
+// pendingNar is a received NAR: in memory (data) or in a staging file.
 type pendingNar struct {
-	file     string // staging file
+	data     []byte
+	file     string
 	digest   narDigest
 	received time.Time
 }
@@ -95,7 +107,8 @@ func newUploads(cfg UploadConfig) (*uploads, error) {
 	return &uploads{cfg: cfg, pending: make(map[string]*pendingNar)}, nil
 }
 
-// take removes and returns the pending NAR called file, if any.
+// take removes and returns the pending NAR called file, if any. The caller
+// drops it when done.
 func (u *uploads) take(file string) *pendingNar {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -104,21 +117,93 @@ func (u *uploads) take(file string) *pendingNar {
 	return p
 }
 
-// add records a verified NAR, replacing (and deleting) an earlier one of
+// add records a verified NAR, replacing (and dropping) an earlier one of
 // the same name, and drops NARs whose narinfo never came.
 func (u *uploads) add(log *slog.Logger, name string, p *pendingNar) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if old := u.pending[name]; old != nil {
-		removeStaged(log, old.file)
+		u.dropLocked(log, old)
 	}
 	u.pending[name] = p
 	for k, q := range u.pending {
 		if time.Since(q.received) > pendingTTL {
-			removeStaged(log, q.file)
+			u.dropLocked(log, q)
 			delete(u.pending, k)
 		}
 	}
+}
+
+// drop forgets a pending NAR that is no longer needed.
+func (u *uploads) drop(log *slog.Logger, p *pendingNar) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.dropLocked(log, p)
+}
+
+func (u *uploads) dropLocked(log *slog.Logger, p *pendingNar) {
+	u.memUsed -= int64(len(p.data))
+	p.data = nil
+	if p.file != "" {
+		removeStaged(log, p.file)
+	}
+}
+
+// reserve grants up to n bytes of memory for an upload being received
+// (0 when the budget is spent); release gives back what was not kept.
+func (u *uploads) reserve(n int64) int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n = max(0, min(n, memPendingBytes-u.memUsed))
+	u.memUsed += n
+	return n
+}
+
+func (u *uploads) release(n int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.memUsed -= n
+}
+
+// stagingBuffer holds an upload as it arrives: in memory up to limit
+// bytes, then in a new file in dir.
+type stagingBuffer struct {
+	dir   string
+	limit int
+	mem   []byte
+	file  *os.File
+}
+
+func (b *stagingBuffer) Write(p []byte) (int, error) {
+	if b.file == nil && len(b.mem)+len(p) <= b.limit {
+		b.mem = append(b.mem, p...)
+		return len(p), nil
+	}
+	if b.file == nil {
+		f, err := os.CreateTemp(b.dir, "upload-*.nar")
+		if err != nil {
+			return 0, err
+		}
+		b.file = f
+		if _, err := f.Write(b.mem); err != nil {
+			return 0, err
+		}
+		b.mem = nil
+	}
+	return b.file.Write(p)
+}
+
+// close closes the staging file, if there is one, and removes it unless
+// keep.
+func (b *stagingBuffer) close(log *slog.Logger, keep bool) error {
+	if b.file == nil {
+		return nil
+	}
+	err := b.file.Close()
+	if !keep || err != nil {
+		removeStaged(log, b.file.Name())
+	}
+	return err
 }
 
 // removeStaged deletes a staging file no longer needed. A failure leaves
@@ -174,40 +259,60 @@ func (s *Server) putNar(w http.ResponseWriter, r *http.Request, file string) {
 		badUpload(w, http.StatusRequestEntityTooLarge, "NAR of %d bytes is over this cache's limit of %d bytes", r.ContentLength, max)
 		return
 	}
-	f, err := os.CreateTemp(s.uploads.cfg.StagingDir, "upload-*.nar")
-	if err != nil {
-		s.internalError(w, r, fmt.Errorf("stage NAR upload: %w", err))
-		return
-	}
-	keep := false
-	defer func() {
-		f.Close()
-		if !keep {
-			removeStaged(s.log, f.Name())
-		}
-	}()
-	d, err := receiveNar(r.Context(), f, r.Body, compression, max)
+	u := s.uploads
+	// Memory for a NAR that fits (all of it if its length is unknown):
+	// one that does not goes straight to a file.
+	want := int64(memNarBytes)
 	switch {
+	case r.ContentLength > memNarBytes:
+		want = 0
+	case r.ContentLength >= 0:
+		want = r.ContentLength
+	}
+	granted := u.reserve(want)
+	buf := &stagingBuffer{dir: u.cfg.StagingDir, limit: int(granted)}
+	if r.ContentLength >= 0 && r.ContentLength <= granted {
+		buf.mem = make([]byte, 0, r.ContentLength)
+	}
+	d, err := receiveNar(r.Context(), &u.zstd, buf, r.Body, compression, max)
+	// Nix names the file by its hash: a mismatch means it was damaged.
+	stem := file[:strings.Index(file, ".nar")]
+	misnamed := err == nil && looksLikeSHA256(stem) && "sha256:"+stem != d.fileHash
+	keep := err == nil && !misnamed
+	if cerr := buf.close(s.log, keep); keep && cerr != nil {
+		err, keep = &sinkError{cerr}, false
+	}
+	if !keep {
+		buf.mem = nil
+	}
+	u.release(granted - int64(len(buf.mem)))
+	var body *bodyError
+	var sink *sinkError
+	switch {
+	case keep:
+	case misnamed:
+		badUpload(w, http.StatusBadRequest, "%s: the file's sha256 is %s, not the one its name says", file, d.fileHash)
+		return
+	case errors.As(err, &sink):
+		s.internalError(w, r, err)
+		return
 	case errors.Is(err, errTooLarge):
 		badUpload(w, http.StatusRequestEntityTooLarge, "NAR is over this cache's limit of %d bytes", max)
 		return
-	case err != nil && d.fileHash == "":
-		// The body itself failed: the client went away or sent garbage.
+	case errors.As(err, &body):
+		// The client went away, or its request was broken.
 		s.log.Warn("NAR upload cut off", "file", file, "uploader", who, "err", err)
 		badUpload(w, http.StatusBadRequest, "reading the NAR failed: %v", err)
 		return
-	case err != nil:
+	default:
 		badUpload(w, http.StatusBadRequest, "%s is not a valid %s-compressed NAR: %v", file, compression, err)
 		return
 	}
-	// Nix names the file by its hash: a mismatch means it was damaged.
-	stem := file[:strings.Index(file, ".nar")]
-	if looksLikeSHA256(stem) && "sha256:"+stem != d.fileHash {
-		badUpload(w, http.StatusBadRequest, "%s: the file's sha256 is %s, not the one its name says", file, d.fileHash)
-		return
+	p := &pendingNar{data: buf.mem, digest: d, received: time.Now()}
+	if buf.file != nil {
+		p.file = buf.file.Name()
 	}
-	keep = true
-	s.uploads.add(s.log, file, &pendingNar{file: f.Name(), digest: d, received: time.Now()})
+	u.add(s.log, file, p)
 	s.log.Debug("NAR received", "file", file, "uploader", who, "nar_size", d.narSize)
 	w.WriteHeader(http.StatusOK)
 }
@@ -296,7 +401,7 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 	p := s.uploads.take(file)
 	var d narDigest
 	if p != nil {
-		defer removeStaged(s.log, p.file)
+		defer s.uploads.drop(s.log, p)
 		d = p.digest
 	} else {
 		// Nix skips uploading a NAR file that already exists (an identical
@@ -330,13 +435,7 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 	ni.NarHash, ni.FileHash, ni.FileSize = narHash, d.fileHash, uint64(d.fileSize)
 
 	if p != nil {
-		f, err := os.Open(p.file)
-		if err != nil {
-			return http.StatusInternalServerError, fmt.Errorf("open staged NAR: %w", err)
-		}
-		err = s.backend.Put(ctx, "nar/"+file, f, d.fileSize, narContentTypes[comp])
-		f.Close()
-		if err != nil {
+		if err := s.storeNar(ctx, "nar/"+file, p, narContentTypes[comp]); err != nil {
 			return http.StatusInternalServerError, err
 		}
 	}
@@ -347,6 +446,23 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 	}
 	s.remote.put(hash, &remoteEntry{narinfo: []byte(text), info: ni, expires: time.Now().Add(backendHitTTL)})
 	return 0, nil
+}
+
+// storeNar puts a pending NAR into the backend: from memory, or by moving
+// its staging file when the backend can take a file that way.
+func (s *Server) storeNar(ctx context.Context, key string, p *pendingNar, contentType string) error {
+	if p.file == "" {
+		return s.backend.Put(ctx, key, bytes.NewReader(p.data), int64(len(p.data)), contentType)
+	}
+	if fp, ok := s.backend.(objstore.FilePutter); ok {
+		return fp.PutFile(ctx, key, p.file, contentType)
+	}
+	f, err := os.Open(p.file)
+	if err != nil {
+		return fmt.Errorf("open staged NAR: %w", err)
+	}
+	defer f.Close()
+	return s.backend.Put(ctx, key, f, p.digest.fileSize, contentType)
 }
 
 // trusted reports whether ni carries a valid signature by a trusted key.
@@ -366,13 +482,7 @@ func (s *Server) digestStoredNar(ctx context.Context, file, comp string) (narDig
 		return narDigest{}, err
 	}
 	defer rc.Close()
-	f, err := os.CreateTemp(s.uploads.cfg.StagingDir, "verify-*.nar")
-	if err != nil {
-		return narDigest{}, fmt.Errorf("verify stored NAR: %w", err)
-	}
-	defer removeStaged(s.log, f.Name())
-	defer f.Close()
-	d, err := receiveNar(ctx, f, rc, comp, 1<<62)
+	d, err := receiveNar(ctx, &s.uploads.zstd, io.Discard, rc, comp, 1<<62)
 	if err != nil {
 		return d, fmt.Errorf("verify stored NAR %s: %w", file, err)
 	}

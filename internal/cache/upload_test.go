@@ -135,6 +135,11 @@ func TestNixCopyTo(t *testing.T) {
 			if out, err := nixPush(t.Context(), t, h.url+"?compression=zstd", rc, big).CombinedOutput(); err != nil {
 				t.Fatalf("nix copy --to (zstd): %v\n%s", err, out)
 			}
+			// Small NARs waited in memory, the big one in a file that is
+			// now the object (or was copied into S3): nothing is left.
+			if left, err := os.ReadDir(cfg.Uploads.StagingDir); err != nil || len(left) != 0 {
+				t.Errorf("staging directory after the uploads: %v %v, want it empty", left, err)
+			}
 			got := keys(t, backend)
 			for _, p := range append(slices.Clone(c.All), big) {
 				if !slices.Contains(got, hashPart(p)+".narinfo") {

@@ -8,9 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -65,10 +65,12 @@ type narDigest struct {
 
 var errTooLarge = errors.New("upload too large")
 
-// limitReader fails with errTooLarge once more than n bytes are read.
+// limitReader fails with errTooLarge once more than n bytes are read, and
+// remembers the first failure of the reader under it (EOF is none).
 type limitReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (l *limitReader) Read(p []byte) (int, error) {
@@ -81,36 +83,104 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	if l.n < 0 {
-		return n, errTooLarge
+		err = errTooLarge
+	}
+	if err != nil && err != io.EOF && l.err == nil {
+		l.err = err
 	}
 	return n, err
 }
 
-// receiveNar copies an uploaded NAR file into f, hashing it, then reads f
-// back through the decompressor and hashes the NAR. A NAR that does not
-// decompress, or is not a NAR, is an error.
-func receiveNar(ctx context.Context, f *os.File, body io.Reader, compression string, maxSize int64) (narDigest, error) {
+// bodyError is a failure to read the upload itself (the client went away,
+// or sent more than the limit), as opposed to an upload that was read and
+// turned out to be bad.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// sinkError is a failure to keep the upload (a full disk): the server's
+// fault, not the client's.
+type sinkError struct{ err error }
+
+func (e *sinkError) Error() string { return "stage NAR upload: " + e.err.Error() }
+func (e *sinkError) Unwrap() error { return e.err }
+
+// recordingWriter remembers the first error of the writer under it.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+// receiveNar reads an uploaded NAR file from body into sink in one pass:
+// the file is hashed as it arrives and, at the same time, decompressed and
+// the NAR inside hashed, so nothing is read twice. A failure to read body
+// is a *bodyError, a failure to write sink a *sinkError; anything else
+// means the upload is not a valid NAR in that compression.
+func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.Reader, compression string, maxSize int64) (narDigest, error) {
 	d := narDigest{compression: compression}
+	in := &limitReader{r: body, n: maxSize}
+	out := &recordingWriter{w: sink}
 	fh := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, fh), &limitReader{r: body, n: maxSize})
-	if err != nil {
-		return d, err
-	}
-	d.fileSize, d.fileHash = n, "sha256:"+nixbase32.Encode(fh.Sum(nil))
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return d, err
-	}
+	file := &countWriter{w: io.MultiWriter(out, fh)}
+	tee := io.TeeReader(in, file)
 	nh := sha256.New()
 	head := &headWriter{}
-	d.narSize, err = decompress(ctx, io.MultiWriter(nh, head), f, compression)
-	if err != nil {
+	narSize, err := decompress(ctx, zd, io.MultiWriter(nh, head), tee, compression)
+	if err == nil {
+		// Bytes after the end of the compressed stream, if the decompressor
+		// left any, are part of the file as uploaded and hashed.
+		_, err = io.Copy(io.Discard, tee)
+	}
+	switch {
+	case out.err != nil:
+		return d, &sinkError{out.err}
+	case in.err != nil:
+		return d, &bodyError{in.err}
+	case err != nil:
 		return d, fmt.Errorf("decompress %s NAR: %w", compression, err)
 	}
 	if !bytes.HasPrefix(head.b, narMagic) {
 		return d, errors.New("not a NAR (no nix-archive-1 header)")
 	}
-	d.narHash = "sha256:" + nixbase32.Encode(nh.Sum(nil))
+	d.fileSize, d.fileHash = file.n, "sha256:"+nixbase32.Encode(fh.Sum(nil))
+	d.narSize, d.narHash = narSize, "sha256:"+nixbase32.Encode(nh.Sum(nil))
 	return d, nil
+}
+
+// zstdDecoders reuses zstd decoders: a new one allocates its window
+// buffers, which costs more than decoding a small NAR does.
+type zstdDecoders struct{ pool sync.Pool }
+
+func (z *zstdDecoders) decode(w io.Writer, src io.Reader) (int64, error) {
+	dec, _ := z.pool.Get().(*zstd.Decoder)
+	if dec == nil {
+		var err error
+		dec, err = zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return 0, err
+		}
+	} else if err := dec.Reset(src); err != nil {
+		dec.Close()
+		return 0, err
+	}
+	n, err := io.Copy(w, dec)
+	if err != nil {
+		dec.Close() // not reused after a failure
+		return n, err
+	}
+	if err := dec.Reset(nil); err == nil { // drops src
+		z.pool.Put(dec)
+	}
+	return n, nil
 }
 
 // narMagic starts every NAR: the string "nix-archive-1", length-prefixed.
@@ -127,17 +197,12 @@ func (h *headWriter) Write(p []byte) (int, error) {
 }
 
 // decompress writes the decompressed content of src to w.
-func decompress(ctx context.Context, w io.Writer, src io.Reader, compression string) (int64, error) {
+func decompress(ctx context.Context, zd *zstdDecoders, w io.Writer, src io.Reader, compression string) (int64, error) {
 	switch compression {
 	case "none":
 		return io.Copy(w, src)
 	case "zstd":
-		dec, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
-		if err != nil {
-			return 0, err
-		}
-		defer dec.Close()
-		return io.Copy(w, dec)
+		return zd.decode(w, src)
 	case "bzip2":
 		return io.Copy(w, bzip2.NewReader(src))
 	case "xz":

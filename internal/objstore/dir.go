@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // stagingDir holds the directory backend's objects being written: on the
@@ -149,6 +150,44 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64, _ st
 		return fmt.Errorf("store %s: %w", key, err)
 	}
 	done = true
+	return nil
+}
+
+// PutFile implements FilePutter: a file on the store's filesystem (in
+// StagingDir, say) is synced and renamed into place; one elsewhere is
+// copied and then removed.
+func (d *Dir) PutFile(ctx context.Context, key, file, contentType string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", key, err)
+	}
+	defer f.Close()
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("store %s: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("store %s: %w", key, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("store %s: %w", key, err)
+	}
+	err = os.Rename(file, p)
+	if errors.Is(err, syscall.EXDEV) {
+		if err := d.Put(ctx, key, f, -1, contentType); err != nil {
+			return err
+		}
+		if err := os.Remove(file); err != nil {
+			return fmt.Errorf("store %s: remove %s: %w", key, file, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store %s: %w", key, err)
+	}
 	return nil
 }
 

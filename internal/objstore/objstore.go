@@ -49,6 +49,13 @@ type Store interface {
 	String() string
 }
 
+// FilePutter is a Store that can take a whole local file as an object more
+// cheaply than by reading it, e.g. by renaming it into place. The file is
+// gone from its path afterwards, or, on error, still there.
+type FilePutter interface {
+	PutFile(ctx context.Context, key, file, contentType string) error
+}
+
 // Options are what a URL cannot carry.
 type Options struct {
 	// Getenv reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
