@@ -121,38 +121,52 @@ func (r *recordingWriter) Write(p []byte) (int, error) {
 }
 
 // receiveNar reads an uploaded NAR file from body into sink in one pass:
-// the file is hashed as it arrives and, at the same time, decompressed and
-// the NAR inside hashed, so nothing is read twice. A failure to read body
-// is a *bodyError, a failure to write sink a *sinkError; anything else
-// means the upload is not a valid NAR in that compression.
+// the file is hashed as it arrives while another goroutine decompresses it
+// and hashes the NAR inside, so nothing is read twice and a big upload is
+// checked on two cores. A failure to read body is a *bodyError, a failure
+// to write sink a *sinkError; anything else means the upload is not a
+// valid NAR in that compression.
 func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.Reader, compression string, maxSize int64) (narDigest, error) {
 	d := narDigest{compression: compression}
+	nh := sha256.New()
+	head := &headWriter{}
+	pr, pw := io.Pipe()
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := decompress(ctx, zd, io.MultiWriter(nh, head), pr, compression)
+		if err == nil {
+			// Bytes after the end of the compressed stream, if the
+			// decompressor left any, are part of the file as uploaded.
+			_, err = io.Copy(io.Discard, pr)
+		}
+		pr.CloseWithError(err) // a failed decompression stops the copy below
+		done <- result{n, err}
+	}()
 	in := &limitReader{r: body, n: maxSize}
 	out := &recordingWriter{w: sink}
 	fh := sha256.New()
-	file := &countWriter{w: io.MultiWriter(out, fh)}
-	tee := io.TeeReader(in, file)
-	nh := sha256.New()
-	head := &headWriter{}
-	narSize, err := decompress(ctx, zd, io.MultiWriter(nh, head), tee, compression)
-	if err == nil {
-		// Bytes after the end of the compressed stream, if the decompressor
-		// left any, are part of the file as uploaded and hashed.
-		_, err = io.Copy(io.Discard, tee)
-	}
+	fileSize, err := io.Copy(io.MultiWriter(out, fh, pw), in)
+	pw.CloseWithError(err) // nil: the decompressor sees the end of the file
+	res := <-done
 	switch {
 	case out.err != nil:
 		return d, &sinkError{out.err}
 	case in.err != nil:
 		return d, &bodyError{in.err}
+	case res.err != nil:
+		return d, fmt.Errorf("decompress %s NAR: %w", compression, res.err)
 	case err != nil:
-		return d, fmt.Errorf("decompress %s NAR: %w", compression, err)
+		return d, err
 	}
 	if !bytes.HasPrefix(head.b, narMagic) {
 		return d, errors.New("not a NAR (no nix-archive-1 header)")
 	}
-	d.fileSize, d.fileHash = file.n, "sha256:"+nixbase32.Encode(fh.Sum(nil))
-	d.narSize, d.narHash = narSize, "sha256:"+nixbase32.Encode(nh.Sum(nil))
+	d.fileSize, d.fileHash = fileSize, "sha256:"+nixbase32.Encode(fh.Sum(nil))
+	d.narSize, d.narHash = res.n, "sha256:"+nixbase32.Encode(nh.Sum(nil))
 	return d, nil
 }
 
