@@ -4,12 +4,18 @@
 //	storagefixture gc-objects DIR N        write N narinfos and N NARs into a
 //	                                       directory backend, a month old, narinfo
 //	                                       i referring to i/8, and pin path 0..9
+//	storagefixture null-cache ADDR         serve a binary cache that has nothing
+//	                                       and takes every upload, discarding it:
+//	                                       nix copy --to it costs only the client
+//	                                       and HTTP, the floor for any HTTP cache
 package main
 
 import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -34,6 +40,8 @@ func run(args []string) error {
 	switch {
 	case len(args) == 3 && args[0] == "bucket":
 		return bucket(args[1], args[2])
+	case len(args) == 2 && args[0] == "null-cache":
+		return nullCache(args[1])
 	case len(args) == 3 && args[0] == "gc-objects":
 		n, err := strconv.Atoi(args[2])
 		if err != nil {
@@ -41,7 +49,7 @@ func run(args []string) error {
 		}
 		return gcObjects(args[1], n)
 	}
-	return fmt.Errorf("usage: storagefixture bucket ENDPOINT NAME | gc-objects DIR N")
+	return fmt.Errorf("usage: storagefixture bucket ENDPOINT NAME | gc-objects DIR N | null-cache ADDR")
 }
 
 func bucket(endpoint, name string) error {
@@ -55,6 +63,21 @@ func bucket(endpoint, name string) error {
 		return err
 	}
 	return c.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: "us-east-1"})
+}
+
+func nullCache(addr string) error {
+	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPut:
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+			}
+		case r.URL.Path == "/nix-cache-info":
+			fmt.Fprint(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
 }
 
 func storePath(i int) string {
