@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -434,35 +433,18 @@ func (s *Server) acceptNarinfo(ctx context.Context, hash string, ni *narinfo.Nar
 	}
 	ni.NarHash, ni.FileHash, ni.FileSize = narHash, d.fileHash, uint64(d.fileSize)
 
-	if p != nil {
-		if err := s.storeNar(ctx, "nar/"+file, p, narContentTypes[comp]); err != nil {
-			return http.StatusInternalServerError, err
-		}
-	}
 	s.resign(ni)
 	text := ni.String()
-	if err := s.backend.Put(ctx, narinfoKey(hash), strings.NewReader(text), int64(len(text)), narinfo.ContentType); err != nil {
+	objs := make([]objstore.Object, 0, 2)
+	if p != nil {
+		objs = append(objs, objstore.Object{Key: "nar/" + file, ContentType: narContentTypes[comp], Data: p.data, File: p.file})
+	}
+	objs = append(objs, objstore.Object{Key: narinfoKey(hash), ContentType: narinfo.ContentType, Data: []byte(text)})
+	if err := objstore.PutObjects(ctx, s.backend, objs); err != nil {
 		return http.StatusInternalServerError, err
 	}
 	s.remote.put(hash, &remoteEntry{narinfo: []byte(text), info: ni, expires: time.Now().Add(backendHitTTL)})
 	return 0, nil
-}
-
-// storeNar puts a pending NAR into the backend: from memory, or by moving
-// its staging file when the backend can take a file that way.
-func (s *Server) storeNar(ctx context.Context, key string, p *pendingNar, contentType string) error {
-	if p.file == "" {
-		return s.backend.Put(ctx, key, bytes.NewReader(p.data), int64(len(p.data)), contentType)
-	}
-	if fp, ok := s.backend.(objstore.FilePutter); ok {
-		return fp.PutFile(ctx, key, p.file, contentType)
-	}
-	f, err := os.Open(p.file)
-	if err != nil {
-		return fmt.Errorf("open staged NAR: %w", err)
-	}
-	defer f.Close()
-	return s.backend.Put(ctx, key, f, p.digest.fileSize, contentType)
 }
 
 // trusted reports whether ni carries a valid signature by a trusted key.

@@ -4,16 +4,52 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/objstore"
+	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
 
-// TestDirPutFile: a file is moved into place when it can be renamed, and
-// copied (then removed) when it is on another filesystem; a bad key leaves
-// the file where it was.
-func TestDirPutFile(t *testing.T) {
+// TestPutObjects stores a File and bytes together on every backend: both
+// arrive, the file is gone from its path.
+func TestPutObjects(t *testing.T) {
+	for name, open := range testsupport.StorageBackends() {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			nar := bytes.Repeat([]byte("nar bytes "), 1000)
+			file := filepath.Join(t.TempDir(), "upload.nar")
+			if err := os.WriteFile(file, nar, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			objs := []objstore.Object{
+				{Key: "nar/x.nar", File: file},
+				{Key: "x.narinfo", Data: []byte("StorePath: /nix/store/x\n")},
+			}
+			if err := objstore.PutObjects(t.Context(), s, objs); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(file); !os.IsNotExist(err) {
+				t.Errorf("the file is still at %s after PutObjects (%v)", file, err)
+			}
+			for _, o := range objs {
+				want := o.Data
+				if o.File != "" {
+					want = nar
+				}
+				if got, err := objstore.ReadAll(t.Context(), s, o.Key); err != nil || !bytes.Equal(got, want) {
+					t.Errorf("object %s: %d bytes (%v), want %d", o.Key, len(got), err, len(want))
+				}
+			}
+		})
+	}
+}
+
+// TestDirPutObjects: a file is moved into place when it can be renamed and
+// copied (then removed) from another filesystem; objects get Put's mode;
+// a bad key stores nothing and leaves the file and no staging litter.
+func TestDirPutObjects(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "cache")
 	d, err := objstore.OpenDir(root)
 	if err != nil {
@@ -22,7 +58,7 @@ func TestDirPutFile(t *testing.T) {
 	data := bytes.Repeat([]byte("nar bytes "), 1000)
 	dirs := map[string]string{"staging area": d.StagingDir(), "same filesystem": t.TempDir()}
 	// /dev/shm is a tmpfs on Linux: another filesystem than t.TempDir().
-	if shm, err := os.MkdirTemp("/dev/shm", "cf-putfile-"); err == nil {
+	if shm, err := os.MkdirTemp("/dev/shm", "cf-putobjects-"); err == nil {
 		t.Cleanup(func() {
 			if err := os.RemoveAll(shm); err != nil {
 				t.Error(err)
@@ -42,19 +78,21 @@ func TestDirPutFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			key := "nar/" + filepath.Base(dir) + ".nar"
-			if err := d.PutFile(t.Context(), key, file, "application/x-nix-nar"); err != nil {
+			info := filepath.Base(dir) + ".narinfo"
+			if err := d.PutObjects(t.Context(), []objstore.Object{{Key: key, File: file}, {Key: info, Data: []byte("info")}}); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := os.Stat(file); !os.IsNotExist(err) {
-				t.Errorf("the file is still at %s after PutFile (%v)", file, err)
+				t.Errorf("the file is still at %s after PutObjects (%v)", file, err)
 			}
-			got, err := objstore.ReadAll(t.Context(), d, key)
-			if err != nil || !bytes.Equal(got, data) {
+			if got, err := objstore.ReadAll(t.Context(), d, key); err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("object %s: %d bytes (%v), want %d", key, len(got), err, len(data))
 			}
-			fi, err := os.Stat(filepath.Join(root, filepath.FromSlash(key)))
-			if err != nil || fi.Mode().Perm() != 0o644 {
-				t.Errorf("object file mode %v (%v), want 0644 like Put's", fi.Mode(), err)
+			for _, k := range []string{key, info} {
+				fi, err := os.Stat(filepath.Join(root, filepath.FromSlash(k)))
+				if err != nil || fi.Mode().Perm() != 0o644 {
+					t.Errorf("object file %s: mode %v (%v), want 0644 like Put's", k, fi.Mode(), err)
+				}
 			}
 		})
 	}
@@ -63,13 +101,30 @@ func TestDirPutFile(t *testing.T) {
 		if err := os.WriteFile(file, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.PutFile(t.Context(), "../escape.nar", file, ""); err == nil {
-			t.Fatal("PutFile with key ../escape.nar succeeded")
+		before := listKeys(t, d)
+		objs := []objstore.Object{{Key: "nar/fine.nar", Data: data}, {Key: "nar/good.nar", File: file}, {Key: "../escape.narinfo", Data: []byte("x")}}
+		if err := d.PutObjects(t.Context(), objs); err == nil {
+			t.Fatal("PutObjects with key ../escape.narinfo succeeded")
 		}
 		if _, err := os.Stat(file); err != nil {
-			t.Errorf("a refused PutFile lost the file: %v", err)
+			t.Errorf("a refused PutObjects lost the file: %v", err)
+		}
+		if after := listKeys(t, d); !slices.Equal(after, before) {
+			t.Errorf("a refused PutObjects stored %q (before: %q)", after, before)
+		}
+		if left, err := os.ReadDir(d.StagingDir()); err != nil || len(left) != 0 {
+			t.Errorf("staging area after a refused PutObjects: %v %v", left, err)
 		}
 	})
+}
+
+func listKeys(t *testing.T, s objstore.Store) []string {
+	var keys []string
+	if err := s.List(t.Context(), "", func(i objstore.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func dev(t *testing.T, path string) uint64 {

@@ -9,11 +9,13 @@
 package objstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -49,11 +51,61 @@ type Store interface {
 	String() string
 }
 
-// FilePutter is a Store that can take a whole local file as an object more
-// cheaply than by reading it, e.g. by renaming it into place. The file is
-// gone from its path afterwards, or, on error, still there.
-type FilePutter interface {
-	PutFile(ctx context.Context, key, file, contentType string) error
+// Object is one object for PutObjects: its bytes are Data, or the local
+// file File, which is gone from its path once stored.
+type Object struct {
+	Key         string
+	ContentType string
+	Data        []byte
+	File        string
+}
+
+// ObjectsPutter is a Store that stores several objects together more
+// cheaply than one Put after another: see PutObjects.
+type ObjectsPutter interface {
+	PutObjects(ctx context.Context, objs []Object) error
+}
+
+// PutObjects stores objs in order, each visible only once it is complete
+// and every earlier one is visible: a narinfo can follow its NAR. On error,
+// the objects before the failed one may be stored, the rest are not, and a
+// File not stored is still at its path.
+func PutObjects(ctx context.Context, s Store, objs []Object) error {
+	if op, ok := s.(ObjectsPutter); ok {
+		return op.PutObjects(ctx, objs)
+	}
+	for _, o := range objs {
+		if o.File == "" {
+			if err := s.Put(ctx, o.Key, bytes.NewReader(o.Data), int64(len(o.Data)), o.ContentType); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := putFile(ctx, s, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// putFile stores a File object with Put, then removes the file.
+func putFile(ctx context.Context, s Store, o Object) error {
+	f, err := os.Open(o.File)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", o.Key, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("store %s: %w", o.Key, err)
+	}
+	if err := s.Put(ctx, o.Key, f, fi.Size(), o.ContentType); err != nil {
+		return err
+	}
+	if err := os.Remove(o.File); err != nil {
+		return fmt.Errorf("store %s: remove %s: %w", o.Key, o.File, err)
+	}
+	return nil
 }
 
 // Options are what a URL cannot carry.
