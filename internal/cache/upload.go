@@ -273,7 +273,7 @@ func (s *Server) putNar(w http.ResponseWriter, r *http.Request, file string) {
 	if r.ContentLength >= 0 && r.ContentLength <= granted {
 		buf.mem = make([]byte, 0, r.ContentLength)
 	}
-	d, err := receiveNar(r.Context(), &u.zstd, buf, r.Body, compression, max)
+	d, err := receiveNar(r.Context(), &u.zstd, buf, r.Body, r.ContentLength, compression, max)
 	// Nix names the file by its hash: a mismatch means it was damaged.
 	stem := file[:strings.Index(file, ".nar")]
 	misnamed := err == nil && looksLikeSHA256(stem) && "sha256:"+stem != d.fileHash
@@ -464,7 +464,7 @@ func (s *Server) digestStoredNar(ctx context.Context, file, comp string) (narDig
 		return narDigest{}, err
 	}
 	defer rc.Close()
-	d, err := receiveNar(ctx, &s.uploads.zstd, io.Discard, rc, comp, 1<<62)
+	d, err := receiveNar(ctx, &s.uploads.zstd, io.Discard, rc, -1, comp, 1<<62)
 	if err != nil {
 		return d, fmt.Errorf("verify stored NAR %s: %w", file, err)
 	}

@@ -120,38 +120,57 @@ func (r *recordingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// receiveNar reads an uploaded NAR file from body into sink in one pass:
-// the file is hashed as it arrives while another goroutine decompresses it
-// and hashes the NAR inside, so nothing is read twice and a big upload is
-// checked on two cores. A failure to read body is a *bodyError, a failure
-// to write sink a *sinkError; anything else means the upload is not a
-// valid NAR in that compression.
-func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.Reader, compression string, maxSize int64) (narDigest, error) {
+// receiveNar reads an uploaded NAR file from body into sink in one pass,
+// in three stages on their own goroutines, so that a big upload is checked
+// on as many cores as there are: the file is hashed as it arrives, the next
+// stage decompresses it, the last hashes the NAR. A failure to read body
+// is a *bodyError, a failure to write sink a *sinkError; anything else
+// means the upload is not a valid NAR in that compression.
+//
+// size is the upload's length if known (else -1): a small one gets a small
+// read buffer.
+func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.Reader, size int64, compression string, maxSize int64) (narDigest, error) {
 	d := narDigest{compression: compression}
+	const chunks = 16 // of up to receiveBuffer bytes each, per stage
+	file, nar := newChunkPipe(chunks), newChunkPipe(chunks)
+
 	nh := sha256.New()
+	hashed := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(nh, nar)
+		nar.closeRead(err)
+		hashed <- err
+	}()
+
 	head := &headWriter{}
-	pr, pw := io.Pipe()
 	type result struct {
 		n   int64
 		err error
 	}
-	done := make(chan result, 1)
+	decoded := make(chan result, 1)
 	go func() {
-		n, err := decompress(ctx, zd, io.MultiWriter(nh, head), pr, compression)
+		n, err := decompress(ctx, zd, io.MultiWriter(nar, head), file, compression)
 		if err == nil {
 			// Bytes after the end of the compressed stream, if the
 			// decompressor left any, are part of the file as uploaded.
-			_, err = io.Copy(io.Discard, pr)
+			_, err = io.Copy(io.Discard, file)
 		}
-		pr.CloseWithError(err) // a failed decompression stops the copy below
-		done <- result{n, err}
+		file.closeRead(err) // a failed decompression stops the copy below
+		nar.closeWrite(err)
+		decoded <- result{n, err}
 	}()
+
 	in := &limitReader{r: body, n: maxSize}
 	out := &recordingWriter{w: sink}
 	fh := sha256.New()
-	fileSize, err := io.Copy(io.MultiWriter(out, fh, pw), in)
-	pw.CloseWithError(err) // nil: the decompressor sees the end of the file
-	res := <-done
+	bufSize := int64(receiveBuffer)
+	if size >= 0 {
+		bufSize = min(bufSize, size+1) // +1: a read that finds the end at once
+	}
+	fileSize, err := io.CopyBuffer(io.MultiWriter(out, fh, file), in, make([]byte, bufSize))
+	file.closeWrite(err) // nil: the decompressor sees the end of the file
+	res := <-decoded
+	herr := <-hashed
 	switch {
 	case out.err != nil:
 		return d, &sinkError{out.err}
@@ -161,6 +180,8 @@ func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.R
 		return d, fmt.Errorf("decompress %s NAR: %w", compression, res.err)
 	case err != nil:
 		return d, err
+	case herr != nil:
+		return d, herr
 	}
 	if !bytes.HasPrefix(head.b, narMagic) {
 		return d, errors.New("not a NAR (no nix-archive-1 header)")
@@ -169,6 +190,9 @@ func receiveNar(ctx context.Context, zd *zstdDecoders, sink io.Writer, body io.R
 	d.narSize, d.narHash = res.n, "sha256:"+nixbase32.Encode(nh.Sum(nil))
 	return d, nil
 }
+
+// receiveBuffer is how much of an upload is read at a time.
+const receiveBuffer = 128 << 10
 
 // zstdDecoders reuses zstd decoders: a new one allocates its window
 // buffers, which costs more than decoding a small NAR does.
