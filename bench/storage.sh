@@ -11,7 +11,7 @@
 #      null-cache): the cost of Nix's HTTP client alone, which no HTTP
 #      cache can beat.
 #   2. serving: one-connection narinfo rate (curl reusing one connection,
-#      warm: the second pass) and one-connection NAR throughput of the large
+#      warm: best of five passes after the first) and one-connection NAR throughput of the large
 #      path, from a cache serving an S3 bucket (versitygw, filled by
 #      `nix copy --to` that cache) against the same from the local store.
 #   3. `cache gc` on 100,000 objects (50,000 narinfos + 50,000 NARs, a month
@@ -149,14 +149,17 @@ start_cache local --small-nar-memory 0
 LOCAL_PORT=$PORT
 
 for p in "${PATHS[@]}"; do echo "url = \"/$(basename "$p" | cut -c1-32).narinfo\""; echo 'output = "/dev/null"'; done >"$WORK/narinfo.cfg"
-narinfo_rate() { # PORT: narinfos/s over one connection, second (warm) pass
-	local t0 t
+narinfo_rate() { # PORT: narinfos/s over one connection, warm: best of 5 passes after the first
+	local t0 t best=
 	sed "s|url = \"|url = \"http://127.0.0.1:$1|" "$WORK/narinfo.cfg" >"$WORK/narinfo-$1.cfg"
 	curl -sf -K "$WORK/narinfo-$1.cfg" || die "narinfo requests to port $1 failed"
-	t0=$(now)
-	curl -sf -K "$WORK/narinfo-$1.cfg"
-	t=$(calc "$(now) - $t0" 4)
-	calc "${#PATHS[@]} / $t" 0
+	for _ in 1 2 3 4 5; do # one pass is ~0.1 s: too short to trust alone
+		t0=$(now)
+		curl -sf -K "$WORK/narinfo-$1.cfg"
+		t=$(calc "$(now) - $t0" 4)
+		if [ -z "$best" ] || [ "$(calc "$t < $best" 0)" = 1 ]; then best=$t; fi
+	done
+	calc "${#PATHS[@]} / $best" 0
 }
 nar_mibs() { # PORT: MiB/s of NAR bytes (NarSize over time) and of bytes on the wire
 	local url out
