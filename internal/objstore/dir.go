@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // stagingDir holds the directory backend's objects being written: on the
@@ -21,8 +22,16 @@ type Dir struct {
 	root string
 }
 
+// StagingLitterAge is how old a file in the staging area must be before
+// OpenDir takes it for litter of a crash and removes it. Younger files may
+// be another process's work in progress: the server's uploads (which wait
+// up to an hour for their narinfo) while `cache gc` or a push opens the
+// same directory.
+const StagingLitterAge = 24 * time.Hour
+
 // OpenDir opens (creating it if needed) a directory store at root. Files
-// left in its staging area by a crash are removed.
+// left in its staging area by a crash are removed once StagingLitterAge
+// old.
 func OpenDir(root string) (*Dir, error) {
 	root = filepath.Clean(root)
 	if !filepath.IsAbs(root) {
@@ -32,12 +41,22 @@ func OpenDir(root string) (*Dir, error) {
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return nil, fmt.Errorf("create storage directory: %w", err)
 	}
-	// Partial uploads of a previous run: never visible, now garbage.
+	// Partial uploads of a run that crashed: never visible, now garbage.
 	entries, err := os.ReadDir(staging)
 	if err != nil {
 		return nil, fmt.Errorf("read storage staging directory: %w", err)
 	}
 	for _, e := range entries {
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // its writer renamed or removed it meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read storage staging directory: %w", err)
+		}
+		if time.Since(fi.ModTime()) < StagingLitterAge {
+			continue
+		}
 		if err := os.Remove(filepath.Join(staging, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("clear storage staging directory: %w (make %s writable by this user)", err, staging)
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/crystal-forge/crystal-forge/internal/objstore"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
@@ -116,6 +117,36 @@ func TestDirPutObjects(t *testing.T) {
 			t.Errorf("staging area after a refused PutObjects: %v %v", left, err)
 		}
 	})
+}
+
+// TestOpenDirStaging: opening a directory removes the staging area's
+// litter of a crash, but not what another process is writing right now.
+func TestOpenDirStaging(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "cache")
+	d, err := objstore.OpenDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(d.StagingDir(), "upload-crashed.nar")
+	young := filepath.Join(d.StagingDir(), "upload-in-progress.nar")
+	for _, f := range []string{old, young} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	then := time.Now().Add(-objstore.StagingLitterAge - time.Minute)
+	if err := os.Chtimes(old, then, then); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := objstore.OpenDir(root); err != nil { // as cache gc would, beside the server
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("a staging file older than %v survived OpenDir (%v)", objstore.StagingLitterAge, err)
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Errorf("OpenDir removed a staging file still being written: %v", err)
+	}
 }
 
 func listKeys(t *testing.T, s objstore.Store) []string {
