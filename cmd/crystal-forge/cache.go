@@ -57,7 +57,7 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.signaturePolicy, "signature-policy", string(cache.PolicySign), "uploads: sign (accept unsigned paths, sign with our keys) or require-trusted (need a signature by a --trusted-public-key)")
 	fs.Var(&c.trustedKeys, "trusted-public-key", "public key (name:base64) whose signatures uploads may carry under require-trusted; repeatable")
 	fs.Int64Var(&c.maxUploadMiB, "max-upload-size", cache.DefaultMaxNarBytes>>20, "largest NAR file accepted in one upload, in MiB")
-	fs.StringVar(&c.stagingDir, "staging-dir", "", "where uploaded NARs wait for their narinfo (default: <dir>/.staging for a dir:// backend, else the temporary directory)")
+	fs.StringVar(&c.stagingDir, "staging-dir", "", "where uploaded NARs over 4 MiB (or beyond 256 MiB of them in memory) wait for their narinfo (default: <dir>/.staging for a dir:// backend, else the temporary directory)")
 }
 
 // open opens the store and the storage backend and builds the cache over
