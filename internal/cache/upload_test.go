@@ -79,16 +79,6 @@ func nixPush(ctx context.Context, t *testing.T, url, netrcFile string, paths ...
 	return cmd
 }
 
-// keys lists the backend's object keys.
-func keys(t *testing.T, s objstore.Store) []string {
-	var out []string
-	if err := s.List(t.Context(), "", func(i objstore.Info) error { out = append(out, i.Key); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // bigPath builds a path holding a 64 MiB file of random bytes (nothing
 // compresses it), deleted from the store when the test ends.
 func bigPath(t *testing.T) string {
@@ -140,7 +130,7 @@ func TestNixCopyTo(t *testing.T) {
 			if left, err := os.ReadDir(cfg.Uploads.StagingDir); err != nil || len(left) != 0 {
 				t.Errorf("staging directory after the uploads: %v %v, want it empty", left, err)
 			}
-			got := keys(t, backend)
+			got := testsupport.StoreKeys(t, backend)
 			for _, p := range append(slices.Clone(c.All), big) {
 				if !slices.Contains(got, hashPart(p)+".narinfo") {
 					t.Errorf("backend lacks the narinfo of %s: %q", p, got)
@@ -188,7 +178,7 @@ func TestUploadRefused(t *testing.T) {
 	backend := dirBackend(t)
 	cfg, _ := uploadConfig(t, backend)
 	h := serveCache(t, cfg, "")
-	before := keys(t, backend) // nix-cache-info at most
+	before := testsupport.StoreKeys(t, backend) // nix-cache-info at most
 
 	t.Run("wrong token", func(t *testing.T) {
 		out, err := nixPush(t.Context(), t, h.url, netrc(t, "wrong"), c.Leaf).CombinedOutput()
@@ -312,7 +302,7 @@ func TestUploadRefused(t *testing.T) {
 		}
 	})
 
-	if after := keys(t, backend); !slices.Equal(after, before) {
+	if after := testsupport.StoreKeys(t, backend); !slices.Equal(after, before) {
 		t.Errorf("refused uploads changed the backend: %q, before %q", after, before)
 	}
 	for _, p := range c.All {
@@ -404,7 +394,7 @@ func TestUploadKilled(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, k := range keys(t, backend) {
+	for _, k := range testsupport.StoreKeys(t, backend) {
 		if k != "nix-cache-info" {
 			t.Errorf("the killed upload left %s in the backend", k)
 		}

@@ -102,7 +102,7 @@ func TestDirPutObjects(t *testing.T) {
 		if err := os.WriteFile(file, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		before := listKeys(t, d)
+		before := testsupport.StoreKeys(t, d)
 		objs := []objstore.Object{{Key: "nar/fine.nar", Data: data}, {Key: "nar/good.nar", File: file}, {Key: "../escape.narinfo", Data: []byte("x")}}
 		if err := d.PutObjects(t.Context(), objs); err == nil {
 			t.Fatal("PutObjects with key ../escape.narinfo succeeded")
@@ -110,7 +110,7 @@ func TestDirPutObjects(t *testing.T) {
 		if _, err := os.Stat(file); err != nil {
 			t.Errorf("a refused PutObjects lost the file: %v", err)
 		}
-		if after := listKeys(t, d); !slices.Equal(after, before) {
+		if after := testsupport.StoreKeys(t, d); !slices.Equal(after, before) {
 			t.Errorf("a refused PutObjects stored %q (before: %q)", after, before)
 		}
 		if left, err := os.ReadDir(d.StagingDir()); err != nil || len(left) != 0 {
@@ -147,15 +147,6 @@ func TestOpenDirStaging(t *testing.T) {
 	if _, err := os.Stat(young); err != nil {
 		t.Errorf("OpenDir removed a staging file still being written: %v", err)
 	}
-}
-
-func listKeys(t *testing.T, s objstore.Store) []string {
-	var keys []string
-	if err := s.List(t.Context(), "", func(i objstore.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func dev(t *testing.T, path string) uint64 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -189,4 +190,15 @@ func StorageBackends() map[string]func(t *testing.T) objstore.Store {
 			return s
 		},
 	}
+}
+
+// StoreKeys lists a store's object keys, sorted.
+func StoreKeys(t testing.TB, s objstore.Store) []string {
+	t.Helper()
+	var keys []string
+	if err := s.List(t.Context(), "", func(i objstore.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	return keys
 }
