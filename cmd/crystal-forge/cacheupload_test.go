@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/crystal-forge/crystal-forge/internal/auth"
-	"github.com/crystal-forge/crystal-forge/internal/db"
 	"github.com/crystal-forge/crystal-forge/internal/testsupport"
 )
 
@@ -18,14 +17,7 @@ import (
 // system) store does not have it: it can only be served from the upload.
 func TestServerCacheUpload(t *testing.T) {
 	testsupport.RequireNix(t)
-	c := testsupport.BuildClosure(t)
-	src := testsupport.NewLocalStore(t)
-	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", src, c.Top); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := testsupport.NixCommand(t.Context(), append([]string{"nix-store", "--delete"}, c.All...)...); err != nil {
-		t.Fatal(err)
-	}
+	c, src := closureOutsideSystemStore(t)
 
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
@@ -78,34 +70,17 @@ func TestServerCacheUpload(t *testing.T) {
 // stores nothing, one of role trigger pushes the closure.
 func TestServerCacheUploadAPIToken(t *testing.T) {
 	testsupport.RequireNix(t)
-	c := testsupport.BuildClosure(t)
-	src := testsupport.NewLocalStore(t)
-	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", src, c.Top); err != nil {
-		t.Fatal(err)
-	}
-	// Out of the system store, which the server serves: only an upload can
-	// make the cache have them.
-	if _, err := testsupport.NixCommand(t.Context(), append([]string{"nix-store", "--delete"}, c.All...)...); err != nil {
-		t.Fatal(err)
-	}
+	c, src := closureOutsideSystemStore(t)
 	srv := testsupport.StartServer(t, testsupport.ServerOptions{})
-	d, err := db.Open(t.Context(), filepath.Join(srv.Config.DataDir, "crystal-forge.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testsupport.CloseAtCleanup(t, d)
-	tokens := &auth.Tokens{DB: d}
+	tokens := serverTokens(t, srv)
 	push := func(role auth.Role) error {
 		t.Helper()
-		tok, err := tokens.Create(t.Context(), "up-"+role.String(), role, 0, "test")
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := createToken(t, tokens, "up-"+role.String(), role)
 		netrc := filepath.Join(t.TempDir(), "netrc")
 		if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+tok.Token+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err = testsupport.NixCommandEnv(t.Context(), []string{"XDG_CACHE_HOME=" + t.TempDir()}, "nix", "copy", "--from", src,
+		_, err := testsupport.NixCommandEnv(t.Context(), []string{"XDG_CACHE_HOME=" + t.TempDir()}, "nix", "copy", "--from", src,
 			"--to", srv.CacheURL+"?compression=zstd", "--option", "netrc-file", netrc, c.Top)
 		return err
 	}
@@ -128,4 +103,20 @@ func TestServerCacheUploadAPIToken(t *testing.T) {
 			t.Errorf("uploaded %s: %v", p, err)
 		}
 	}
+}
+
+// closureOutsideSystemStore builds a closure and moves it into a local
+// store of its own: the server serves the system store, so after this only
+// an upload can make its cache have the closure.
+func closureOutsideSystemStore(t *testing.T) (testsupport.Closure, string) {
+	t.Helper()
+	c := testsupport.BuildClosure(t)
+	src := testsupport.NewLocalStore(t)
+	if _, err := testsupport.NixCommand(t.Context(), "nix", "copy", "--no-check-sigs", "--to", src, c.Top); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testsupport.NixCommand(t.Context(), append([]string{"nix-store", "--delete"}, c.All...)...); err != nil {
+		t.Fatal(err)
+	}
+	return c, src
 }
