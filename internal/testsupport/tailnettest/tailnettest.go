@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
@@ -84,8 +85,8 @@ func (tn *Tailnet) Node(t testing.TB, hostname string) *tsnet.Server {
 	return s
 }
 
-// Login is a node's user login name.
-func Login(t testing.TB, s *tsnet.Server) string {
+// status is what a node knows of itself and its peers.
+func status(t testing.TB, s *tsnet.Server) *ipnstate.Status {
 	t.Helper()
 	lc, err := s.LocalClient()
 	if err != nil {
@@ -95,6 +96,13 @@ func Login(t testing.TB, s *tsnet.Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st
+}
+
+// Login is a node's user login name.
+func Login(t testing.TB, s *tsnet.Server) string {
+	t.Helper()
+	st := status(t, s)
 	u, ok := st.User[st.Self.UserID]
 	if !ok || u.LoginName == "" {
 		t.Fatalf("node %s has no user login in its status", st.Self.HostName)
@@ -106,14 +114,7 @@ func Login(t testing.TB, s *tsnet.Server) string {
 // control server sends the change to every peer.
 func (tn *Tailnet) Tag(t testing.TB, s *tsnet.Server, tags ...string) {
 	t.Helper()
-	lc, err := s.LocalClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := lc.Status(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := status(t, s)
 	n := tn.Control.Node(st.Self.PublicKey)
 	if n == nil {
 		t.Fatalf("control server does not know node %s", st.Self.HostName)
