@@ -398,50 +398,25 @@ func (jr *jobRun) attr(ctx context.Context) error {
 	var err error
 	switch j.AttrKind {
 	case KindPackage:
-		lg.Line("Building package %s...", j.Attr)
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#packages."+jr.system()+"."+j.Attr)
-		if ctx.Err() == nil {
-			if err != nil {
-				lg.Line("Failed to build package %s", j.Attr)
-			} else {
-				lg.Line("Successfully built package %s", j.Attr)
-			}
-		}
+		what := "package " + j.Attr
+		lg.Line("Building %s...", what)
+		err = jr.buildReported(ctx, what, filepath.Join(jr.gcroots, j.Attr), ".#packages."+jr.system()+"."+j.Attr)
 	case KindCheck:
 		name := strings.TrimPrefix(j.Attr, "checks.")
-		lg.Line("Building check %s...", name)
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, j.Attr), ".#checks."+jr.system()+"."+name)
-		if ctx.Err() == nil {
-			if err != nil {
-				lg.Line("Failed to build check %s", name)
-			} else {
-				lg.Line("Successfully built check %s", name)
-			}
-		}
+		what := "check " + name
+		lg.Line("Building %s...", what)
+		err = jr.buildReported(ctx, what, filepath.Join(jr.gcroots, j.Attr), ".#checks."+jr.system()+"."+name)
 	case KindNixOS:
-		lg.Line("Building nixosConfigurations.%s...", j.Attr)
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, "nixos-"+j.Attr), nixosAttr(j.Attr))
-		if ctx.Err() == nil {
-			if err != nil {
-				lg.Line("Failed to build nixosConfigurations.%s", j.Attr)
-			} else {
-				lg.Line("Successfully built nixosConfigurations.%s", j.Attr)
-			}
-		}
+		what := "nixosConfigurations." + j.Attr
+		lg.Line("Building %s...", what)
+		err = jr.buildReported(ctx, what, filepath.Join(jr.gcroots, "nixos-"+j.Attr), nixosAttr(j.Attr))
 	case KindHomeManager:
 		lg.Line("Found homeManagerModules, building test home configuration...")
 		expr, herr := jr.homeManagerExpr()
 		if herr != nil {
 			return herr
 		}
-		err = jr.buildAttr(ctx, filepath.Join(jr.gcroots, "home-manager"), "--impure", "--expr", expr)
-		if ctx.Err() == nil {
-			if err != nil {
-				lg.Line("Failed to build home-manager configuration")
-			} else {
-				lg.Line("Successfully built home-manager configuration")
-			}
-		}
+		err = jr.buildReported(ctx, "home-manager configuration", filepath.Join(jr.gcroots, "home-manager"), "--impure", "--expr", expr)
 	case KindLegacy:
 		err = jr.legacyBuild(ctx)
 	default:
@@ -449,6 +424,21 @@ func (jr *jobRun) attr(ctx context.Context) error {
 	}
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
+	}
+	return err
+}
+
+// buildReported builds as buildAttr does and logs the outcome, "Successfully
+// built WHAT" or "Failed to build WHAT", unless the job was cancelled.
+func (jr *jobRun) buildReported(ctx context.Context, what, outLink string, installable ...string) error {
+	err := jr.buildAttr(ctx, outLink, installable...)
+	if ctx.Err() != nil {
+		return err
+	}
+	if err != nil {
+		jr.log.Line("Failed to build %s", what)
+	} else {
+		jr.log.Line("Successfully built %s", what)
 	}
 	return err
 }
