@@ -37,13 +37,9 @@ func (f *agentTailnetFlags) apply(ctx context.Context, cfg *agent.Config, log *s
 	if !f.enable {
 		return nil, nil
 	}
-	authKey := os.Getenv("TS_AUTHKEY")
-	if f.authKeyFile != "" {
-		b, err := os.ReadFile(f.authKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("agent: tailscale auth key: %w", err)
-		}
-		authKey = strings.TrimSpace(string(b))
+	authKey, err := tailnet.ReadAuthKey(f.authKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	hostname := f.hostname
 	if hostname == "" {

@@ -331,13 +331,9 @@ func serverNames(ctx context.Context, cfg *config.Config) []string {
 // startTailnet joins the tailnet as the [tailscale] section says.
 func startTailnet(ctx context.Context, cfg *config.Config, log *slog.Logger) (*tailnet.Node, error) {
 	t := cfg.Tailscale
-	authKey := os.Getenv("TS_AUTHKEY")
-	if t.AuthKeyFile != "" {
-		b, err := os.ReadFile(t.AuthKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("tailscale auth key: %w", err)
-		}
-		authKey = strings.TrimSpace(string(b))
+	authKey, err := tailnet.ReadAuthKey(t.AuthKeyFile)
+	if err != nil {
+		return nil, err
 	}
 	name := t.Hostname
 	if name == "" {

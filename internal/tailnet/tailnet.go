@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 
 	"tailscale.com/client/local"
@@ -32,6 +33,19 @@ type Config struct {
 	Store     ipn.StateStore
 	Ephemeral bool
 	Logger    *slog.Logger
+}
+
+// ReadAuthKey returns the auth key in file, or $TS_AUTHKEY when file is
+// empty (which may be empty too: a node with state needs none).
+func ReadAuthKey(file string) (string, error) {
+	if file == "" {
+		return os.Getenv("TS_AUTHKEY"), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("tailscale auth key: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // Node is this process on the tailnet.

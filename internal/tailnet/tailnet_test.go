@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -92,6 +93,27 @@ func TestSystemTailscaledUnreachable(t *testing.T) {
 		p, err := r.Peer(ctx, "127.0.0.1:40000")
 		if p != nil || (err != nil) != tc.wantErr {
 			t.Errorf("Peer on %s = %+v, %v; want error %v", tc.local, p, err, tc.wantErr)
+		}
+	}
+}
+
+func TestReadAuthKey(t *testing.T) {
+	t.Setenv("TS_AUTHKEY", "tskey-from-env")
+	file := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(file, []byte("  tskey-from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file, want string
+		fails      bool
+	}{
+		{"", "tskey-from-env", false},
+		{file, "tskey-from-file", false},
+		{filepath.Join(t.TempDir(), "missing"), "", true},
+	} {
+		got, err := ReadAuthKey(tc.file)
+		if got != tc.want || (err != nil) != tc.fails {
+			t.Errorf("ReadAuthKey(%q) = %q, %v; want %q, error %v", tc.file, got, err, tc.want, tc.fails)
 		}
 	}
 }
