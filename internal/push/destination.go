@@ -236,17 +236,12 @@ func (t *storageTarget) put(ctx context.Context, u upload) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(u.narFile)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	// The NAR first: a narinfo is never visible before its NAR.
-	if err := s.Put(ctx, u.info.URL, f, int64(u.info.FileSize), "application/zstd"); err != nil {
-		return err
-	}
-	text := u.info.String()
-	return s.Put(ctx, hashOf(u.info.StorePath)+".narinfo", strings.NewReader(text), int64(len(text)), narinfo.ContentType)
+	// The NAR first: a narinfo is never visible before its NAR. The NAR's
+	// temporary file is moved into a directory store when it can be.
+	return objstore.PutObjects(ctx, s, []objstore.Object{
+		{Key: u.info.URL, ContentType: "application/zstd", File: u.narFile},
+		{Key: hashOf(u.info.StorePath) + ".narinfo", ContentType: narinfo.ContentType, Data: []byte(u.info.String())},
+	})
 }
 
 // atticPush runs `attic push <cache> <paths>`, which pushes the closures
