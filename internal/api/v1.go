@@ -95,9 +95,6 @@ func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	if builds == nil {
-		builds = []*db.Build{}
-	}
 	writeJSON(w, http.StatusOK, builds)
 }
 

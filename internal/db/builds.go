@@ -249,16 +249,11 @@ func (d *DB) ListBuilds(ctx context.Context, repo string, limit int, beforeID in
 	if err != nil {
 		return nil, fmt.Errorf("list builds of %s: %w", repo, err)
 	}
-	defer rows.Close()
-	var out []*Build
-	for rows.Next() {
-		b, err := scanBuild(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list builds of %s: %w", repo, err)
-		}
-		out = append(out, b)
+	out, err := scanAll(rows, scanBuild)
+	if err != nil {
+		return nil, fmt.Errorf("list builds of %s: %w", repo, err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // StartResult records that building attr has begun and returns its id.

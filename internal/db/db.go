@@ -221,6 +221,21 @@ func (d *DB) forUpdate() string {
 	return ""
 }
 
+// scanAll reads every row with scan and closes rows; no rows is an empty
+// slice, not nil.
+func scanAll[T any](rows *sql.Rows, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func millis(t time.Time) int64 { return t.UnixMilli() }
 
 func fromMillis(n sql.NullInt64) *time.Time {

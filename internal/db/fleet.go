@@ -114,16 +114,11 @@ func (d *DB) Hosts(ctx context.Context) ([]*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
-	defer rows.Close()
-	out := []*Host{}
-	for rows.Next() {
-		h, err := scanHost(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list hosts: %w", err)
-		}
-		out = append(out, h)
+	out, err := scanAll(rows, scanHost)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // CountHosts counts the hosts with status.

@@ -107,19 +107,6 @@ func scanJob(row interface{ Scan(...any) error }) (*Job, error) {
 	return &j, nil
 }
 
-func scanJobs(rows *sql.Rows) ([]*Job, error) {
-	defer rows.Close()
-	out := []*Job{}
-	for rows.Next() {
-		j, err := scanJob(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, j)
-	}
-	return out, rows.Err()
-}
-
 // EnqueueJobs queues jobs, all or none, and returns their ids in order.
 func (d *DB) EnqueueJobs(ctx context.Context, jobs []NewJob, at time.Time) ([]int64, error) {
 	return d.enqueue(ctx, 0, "", jobs, at)
@@ -350,7 +337,7 @@ func (d *DB) ReclaimExpired(ctx context.Context, now time.Time) (requeued, faile
 		if err != nil {
 			return err
 		}
-		jobs, err := scanJobs(rows)
+		jobs, err := scanAll(rows, scanJob)
 		if err != nil {
 			return err
 		}
@@ -403,7 +390,7 @@ func (d *DB) RequeueWorkerJobs(ctx context.Context, worker string) ([]*Job, erro
 		if err != nil {
 			return err
 		}
-		if out, err = scanJobs(rows); err != nil {
+		if out, err = scanAll(rows, scanJob); err != nil {
 			return err
 		}
 		if err := d.notifyJobs(ctx, tx, out); err != nil {
@@ -428,7 +415,7 @@ func (d *DB) CancelJobs(ctx context.Context, buildID int64, at time.Time) ([]*Jo
 		if err != nil {
 			return err
 		}
-		if out, err = scanJobs(rows); err != nil {
+		if out, err = scanAll(rows, scanJob); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE build_results SET status = $1, error = $2, finished_at = $3
@@ -469,7 +456,7 @@ func (d *DB) BuildJobs(ctx context.Context, buildID int64) ([]*Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jobs of build %d: %w", buildID, err)
 	}
-	out, err := scanJobs(rows)
+	out, err := scanAll(rows, scanJob)
 	if err != nil {
 		return nil, fmt.Errorf("jobs of build %d: %w", buildID, err)
 	}
@@ -484,7 +471,7 @@ func (d *DB) ActiveJobs(ctx context.Context, limit int) ([]*Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list the queue: %w", err)
 	}
-	out, err := scanJobs(rows)
+	out, err := scanAll(rows, scanJob)
 	if err != nil {
 		return nil, fmt.Errorf("list the queue: %w", err)
 	}
@@ -535,14 +522,9 @@ func (d *DB) ActiveBuilds(ctx context.Context) ([]*Build, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list active builds: %w", err)
 	}
-	defer rows.Close()
-	var out []*Build
-	for rows.Next() {
-		b, err := scanBuild(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list active builds: %w", err)
-		}
-		out = append(out, b)
+	out, err := scanAll(rows, scanBuild)
+	if err != nil {
+		return nil, fmt.Errorf("list active builds: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }

@@ -130,16 +130,8 @@ func (d *DB) pushes(ctx context.Context, what, where string, args ...any) ([]*Pu
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	defer rows.Close()
-	out := []*PushJob{}
-	for rows.Next() {
-		p, err := scanPush(rows)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		out = append(out, p)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := scanAll(rows, scanPush)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil

@@ -73,16 +73,11 @@ func (d *DB) Tokens(ctx context.Context) ([]*APIToken, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
-	defer rows.Close()
-	out := []*APIToken{}
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list tokens: %w", err)
-		}
-		out = append(out, t)
+	out, err := scanAll(rows, scanToken)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // DeleteToken removes a token; ErrNotFound when there is none by that name.
