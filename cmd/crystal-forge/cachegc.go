@@ -109,13 +109,11 @@ func runCachePin(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.SetOutput(stderr)
 	storage := fs.String("storage", "", "the cache's storage URL")
 	name := fs.String("name", "", "the pin's name (default: the store path's base name)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: crystal-forge cache pin --storage URL [--name NAME] STORE-PATH")
 		return errUsage
 	}
@@ -123,11 +121,11 @@ func runCachePin(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	n, err := cachegc.Pin(ctx, s, fs.Arg(0), *name)
+	n, err := cachegc.Pin(ctx, s, pos[0], *name)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "pinned %s as %s\n", fs.Arg(0), n)
+	fmt.Fprintf(stdout, "pinned %s as %s\n", pos[0], n)
 	return nil
 }
 
@@ -135,13 +133,11 @@ func runCacheUnpin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := flag.NewFlagSet("cache unpin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	storage := fs.String("storage", "", "the cache's storage URL")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: crystal-forge cache unpin --storage URL NAME|STORE-PATH")
 		return errUsage
 	}
@@ -149,12 +145,12 @@ func runCacheUnpin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	n, err := cachegc.Unpin(ctx, s, fs.Arg(0))
+	n, err := cachegc.Unpin(ctx, s, pos[0])
 	if err != nil {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("no pin named %s or of that store path (crystal-forge cache pins lists them)", fs.Arg(0))
+		return fmt.Errorf("no pin named %s or of that store path (crystal-forge cache pins lists them)", pos[0])
 	}
 	fmt.Fprintf(stdout, "removed %d pin(s)\n", n)
 	return nil
