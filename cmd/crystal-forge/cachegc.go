@@ -109,13 +109,9 @@ func runCachePin(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.SetOutput(stderr)
 	storage := fs.String("storage", "", "the cache's storage URL")
 	name := fs.String("name", "", "the pin's name (default: the store path's base name)")
-	pos, err := parseArgs(fs, args)
+	pos, err := positional(fs, args, 1, "cache pin --storage URL [--name NAME] STORE-PATH", stderr)
 	if err != nil {
 		return err
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: crystal-forge cache pin --storage URL [--name NAME] STORE-PATH")
-		return errUsage
 	}
 	s, err := openStorage(ctx, *storage)
 	if err != nil {
@@ -133,13 +129,9 @@ func runCacheUnpin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := flag.NewFlagSet("cache unpin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	storage := fs.String("storage", "", "the cache's storage URL")
-	pos, err := parseArgs(fs, args)
+	pos, err := positional(fs, args, 1, "cache unpin --storage URL NAME|STORE-PATH", stderr)
 	if err != nil {
 		return err
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: crystal-forge cache unpin --storage URL NAME|STORE-PATH")
-		return errUsage
 	}
 	s, err := openStorage(ctx, *storage)
 	if err != nil {

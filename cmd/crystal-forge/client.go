@@ -50,6 +50,20 @@ func serverHint(err error) error {
 	return err
 }
 
+// positional parses args (see parseArgs) and requires exactly n
+// positional arguments, printing "usage: crystal-forge USAGE" otherwise.
+func positional(fs *flag.FlagSet, args []string, n int, usage string, stderr io.Writer) ([]string, error) {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) != n {
+		fmt.Fprintln(stderr, "usage: crystal-forge "+usage)
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
 // parseArgs parses flags that may come before or after the positional
 // arguments ("logs REPO -n 5" as well as "logs -n 5 REPO").
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -74,13 +88,9 @@ func runTrigger(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	api := addAPIFlags(fs)
 	follow := fs.Bool("f", false, "follow the build's log until it ends; exit 1 if it fails")
-	pos, err := parseArgs(fs, args)
+	pos, err := positional(fs, args, 1, "trigger [--server URL] [-f] REPOSITORY", stderr)
 	if err != nil {
 		return err
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: crystal-forge trigger [--server URL] [-f] REPOSITORY")
-		return errUsage
 	}
 	c := api.client()
 	r, err := c.Trigger(ctx, pos[0])
@@ -186,13 +196,9 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	api := addAPIFlags(fs)
 	n := fs.Int("n", 100, "number of lines (1-10000)")
 	follow := fs.Bool("f", false, "follow the newest build's log until it ends")
-	pos, err := parseArgs(fs, args)
+	pos, err := positional(fs, args, 1, "logs [--server URL] [-n N] [-f] REPOSITORY", stderr)
 	if err != nil {
 		return err
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: crystal-forge logs [--server URL] [-n N] [-f] REPOSITORY")
-		return errUsage
 	}
 	c := api.client()
 	if *follow {

@@ -105,22 +105,9 @@ func hostPolicyFlags(fs *flag.FlagSet, p *fleet.Policy) {
 	fs.StringVar(&p.Configuration, "config", "", "nixosConfigurations attribute an auto host follows (default: the host's name)")
 }
 
-// hostPositional parses args and requires n positional arguments.
-func hostPositional(fs *flag.FlagSet, args []string, n int, usage string, stderr io.Writer) ([]string, error) {
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return nil, err
-	}
-	if len(pos) != n {
-		fmt.Fprintln(stderr, "usage: crystal-forge host "+usage)
-		return nil, errUsage
-	}
-	return pos, nil
-}
-
 func runHostShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, api := hostFlags("show", stderr)
-	pos, err := hostPositional(fs, args, 1, "show [--server URL] NAME", stderr)
+	pos, err := positional(fs, args, 1, "host show [--server URL] NAME", stderr)
 	if err != nil {
 		return err
 	}
@@ -137,7 +124,7 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var p fleet.Policy
 	fs.StringVar(&p.Policy, "policy", db.PolicyManual, "manual, pinned or auto")
 	hostPolicyFlags(fs, &p)
-	pos, err := hostPositional(fs, args, 1, "add [--server URL] NAME --key KEY [--policy P] [--target STOREPATH] [--repo REPO] [--config NAME]", stderr)
+	pos, err := positional(fs, args, 1, "host add [--server URL] NAME --key KEY [--policy P] [--target STOREPATH] [--repo REPO] [--config NAME]", stderr)
 	if err != nil {
 		return err
 	}
@@ -158,7 +145,7 @@ func runHostAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 func runHostApprove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, api := hostFlags("approve", stderr)
-	pos, err := hostPositional(fs, args, 1, "approve [--server URL] NAME", stderr)
+	pos, err := positional(fs, args, 1, "host approve [--server URL] NAME", stderr)
 	if err != nil {
 		return err
 	}
@@ -171,7 +158,7 @@ func runHostApprove(ctx context.Context, args []string, stdout, stderr io.Writer
 
 func runHostSetTarget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, api := hostFlags("set-target", stderr)
-	pos, err := hostPositional(fs, args, 2, "set-target [--server URL] NAME STOREPATH", stderr)
+	pos, err := positional(fs, args, 2, "host set-target [--server URL] NAME STOREPATH", stderr)
 	if err != nil {
 		return err
 	}
@@ -186,7 +173,7 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs, api := hostFlags("set-policy", stderr)
 	var p fleet.Policy
 	hostPolicyFlags(fs, &p)
-	pos, err := hostPositional(fs, args, 2, "set-policy [--server URL] NAME manual|pinned|auto [--target STOREPATH] [--repo REPO] [--config NAME]", stderr)
+	pos, err := positional(fs, args, 2, "host set-policy [--server URL] NAME manual|pinned|auto [--target STOREPATH] [--repo REPO] [--config NAME]", stderr)
 	if err != nil {
 		return err
 	}
@@ -203,7 +190,7 @@ func runHostSetPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 
 func runHostRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, api := hostFlags("remove", stderr)
-	pos, err := hostPositional(fs, args, 1, "remove [--server URL] NAME", stderr)
+	pos, err := positional(fs, args, 1, "host remove [--server URL] NAME", stderr)
 	if err != nil {
 		return err
 	}
@@ -217,7 +204,7 @@ func runHostRemove(ctx context.Context, args []string, stdout, stderr io.Writer)
 func runHostRekey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, api := hostFlags("rekey", stderr)
 	key := fs.String("key", "", "the agent's new public key, name:base64 (required)")
-	pos, err := hostPositional(fs, args, 1, "rekey [--server URL] NAME --key KEY", stderr)
+	pos, err := positional(fs, args, 1, "host rekey [--server URL] NAME --key KEY", stderr)
 	if err != nil {
 		return err
 	}

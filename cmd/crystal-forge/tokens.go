@@ -77,13 +77,9 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return tw.Flush()
 	case "revoke":
-		pos, err := parseArgs(fs, rest)
+		pos, err := positional(fs, rest, 1, "token revoke [--server URL] [--token TOKEN] NAME", stderr)
 		if err != nil {
 			return err
-		}
-		if len(pos) != 1 {
-			fmt.Fprintln(stderr, "usage: crystal-forge token revoke [--server URL] [--token TOKEN] NAME")
-			return errUsage
 		}
 		if err := api.client().RevokeToken(ctx, pos[0]); err != nil {
 			return fmt.Errorf("revoke token %s: %w", pos[0], err)
