@@ -245,15 +245,7 @@ func (d *DB) ListBuilds(ctx context.Context, repo string, limit int, beforeID in
 	if beforeID <= 0 {
 		beforeID = 1 << 62
 	}
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, repo, beforeID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list builds of %s: %w", repo, err)
-	}
-	out, err := scanAll(rows, scanBuild)
-	if err != nil {
-		return nil, fmt.Errorf("list builds of %s: %w", repo, err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanBuild, fmt.Sprintf("list builds of %s", repo), `SELECT `+buildCols+` FROM builds WHERE repository = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, repo, beforeID, limit)
 }
 
 // StartResult records that building attr has begun and returns its id.

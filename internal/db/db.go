@@ -236,6 +236,20 @@ func scanAll[T any](rows *sql.Rows, scan func(interface{ Scan(...any) error }) (
 	return out, rows.Err()
 }
 
+// queryAll runs a query and scans every row with scan; what names it in
+// errors.
+func queryAll[T any](ctx context.Context, d *DB, scan func(interface{ Scan(...any) error }) (T, error), what, query string, args ...any) ([]T, error) {
+	rows, err := d.sql.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	out, err := scanAll(rows, scan)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}
+
 func millis(t time.Time) int64 { return t.UnixMilli() }
 
 func fromMillis(n sql.NullInt64) *time.Time {

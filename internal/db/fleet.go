@@ -110,15 +110,7 @@ func (d *DB) Host(ctx context.Context, name string) (*Host, error) {
 
 // Hosts lists every host by name.
 func (d *DB) Hosts(ctx context.Context) ([]*Host, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+hostCols+` FROM hosts ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list hosts: %w", err)
-	}
-	out, err := scanAll(rows, scanHost)
-	if err != nil {
-		return nil, fmt.Errorf("list hosts: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanHost, "list hosts", `SELECT `+hostCols+` FROM hosts ORDER BY name`)
 }
 
 // CountHosts counts the hosts with status.

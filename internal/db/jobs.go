@@ -452,30 +452,14 @@ func (d *DB) Job(ctx context.Context, id int64) (*Job, error) {
 
 // BuildJobs returns a build's jobs in the order they were queued.
 func (d *DB) BuildJobs(ctx context.Context, buildID int64) ([]*Job, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE build_id = $1 ORDER BY id`, buildID)
-	if err != nil {
-		return nil, fmt.Errorf("jobs of build %d: %w", buildID, err)
-	}
-	out, err := scanAll(rows, scanJob)
-	if err != nil {
-		return nil, fmt.Errorf("jobs of build %d: %w", buildID, err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanJob, fmt.Sprintf("jobs of build %d", buildID), `SELECT `+jobCols+` FROM jobs WHERE build_id = $1 ORDER BY id`, buildID)
 }
 
 // ActiveJobs returns up to limit queued and running jobs, running first,
 // then oldest first: the queue as /api/v1/queue shows it.
 func (d *DB) ActiveJobs(ctx context.Context, limit int) ([]*Job, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE state IN ('queued', 'running')
+	return queryAll(ctx, d, scanJob, "list the queue", `SELECT `+jobCols+` FROM jobs WHERE state IN ('queued', 'running')
 		ORDER BY CASE state WHEN 'running' THEN 0 ELSE 1 END, id LIMIT $1`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list the queue: %w", err)
-	}
-	out, err := scanAll(rows, scanJob)
-	if err != nil {
-		return nil, fmt.Errorf("list the queue: %w", err)
-	}
-	return out, nil
 }
 
 // QueueCounts counts the jobs queued and running.
@@ -518,13 +502,5 @@ func (d *DB) FinishJobResult(ctx context.Context, id, jobID int64, worker, statu
 // ActiveBuilds returns the queued and running builds, oldest first: after
 // a restart, the builds to resume.
 func (d *DB) ActiveBuilds(ctx context.Context) ([]*Build, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+buildCols+` FROM builds WHERE status IN ('queued', 'running') ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list active builds: %w", err)
-	}
-	out, err := scanAll(rows, scanBuild)
-	if err != nil {
-		return nil, fmt.Errorf("list active builds: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanBuild, "list active builds", `SELECT `+buildCols+` FROM builds WHERE status IN ('queued', 'running') ORDER BY id`)
 }

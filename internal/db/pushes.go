@@ -126,15 +126,7 @@ func (d *DB) ActivePushes(ctx context.Context) ([]*PushJob, error) {
 }
 
 func (d *DB) pushes(ctx context.Context, what, where string, args ...any) ([]*PushJob, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+pushCols+` FROM push_jobs `+where+` ORDER BY id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	out, err := scanAll(rows, scanPush)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanPush, what, `SELECT `+pushCols+` FROM push_jobs `+where+` ORDER BY id`, args...)
 }
 
 // LatestPushedNixosBuild is LatestNixosBuild restricted to builds whose

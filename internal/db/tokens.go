@@ -69,15 +69,7 @@ func (d *DB) TokenByLookupID(ctx context.Context, id string) (*APIToken, error) 
 
 // Tokens lists every token by name.
 func (d *DB) Tokens(ctx context.Context) ([]*APIToken, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT `+tokenCols+` FROM api_tokens ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
-	}
-	out, err := scanAll(rows, scanToken)
-	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, d, scanToken, "list tokens", `SELECT `+tokenCols+` FROM api_tokens ORDER BY name`)
 }
 
 // DeleteToken removes a token; ErrNotFound when there is none by that name.
